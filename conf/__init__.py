@@ -1,0 +1,1 @@
+"""Hydra configuration tree of nca, shipped inside the package as ``nca_cli.conf``."""

@@ -1,0 +1,1 @@
+"""The subcommands of ``nca``; each module has ``main(argv)`` and is imported on demand."""

@@ -1,0 +1,1 @@
+"""The task-agnostic NCA engine: channel layout, perception, update, rollout, pool, damage."""

@@ -1,0 +1,157 @@
+"""The NCA module: one stochastic, alive-masked residual step, and rollouts of many."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from nca_cli.config import ModelConfig
+from nca_cli.engine.layout import ChannelLayout
+from nca_cli.engine.perception import Perception, build_perception, pad
+from nca_cli.engine.update import UpdateMLP
+
+
+@dataclass
+class StepNoise:
+    """The randomness of a block of steps, drawn up front.
+
+    Drawing before the steps run lets gradient checkpointing recompute a block with the
+    same masks, and lets a reference implementation share them in tests.
+    """
+
+    fire: Tensor | None  # (steps, B, 1, H, W) in {0, 1}, or None when every cell fires
+    update: Tensor | None  # (steps, B, U, H, W) additive noise on the update, or None
+
+
+class NCA(nn.Module):
+    """Perceive, update with a per-cell MLP, fire stochastically, mask dead cells.
+
+    States are ``(B, C, H, W)`` at the boundary; inside a rollout they are kept in
+    channels-last memory, so the MLP runs as a plain matrix product without copies.
+    """
+
+    def __init__(
+        self,
+        layout: ChannelLayout,
+        perception: Perception,
+        hidden: list[int],
+        activation: str = "relu",
+        fire_rate: float = 0.5,
+        alive_channel: int | None = None,
+        alive_threshold: float = 0.1,
+        padding: str = "zeros",
+        update_noise: float = 0.0,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layout = layout
+        self.perception = perception
+        self.update = UpdateMLP(
+            perception.out_features, hidden, layout.updated, activation, zero_init
+        )
+        self.fire_rate = fire_rate
+        self.alive_channel = alive_channel
+        self.alive_threshold = alive_threshold
+        self.padding = padding
+        self.update_noise = update_noise
+
+    def alive(self, x: Tensor) -> Tensor:
+        """Cells with a living neighbour: 3x3 max-pool of the alive channel > threshold."""
+        assert self.alive_channel is not None
+        a = x[:, self.alive_channel : self.alive_channel + 1]
+        pooled = F.max_pool2d(pad(a, 1, self.padding), 3, stride=1)
+        return pooled > self.alive_threshold
+
+    def draw_noise(self, x: Tensor, steps: int, generator: torch.Generator | None) -> StepNoise:
+        """Draw the fire masks and update noise for ``steps`` steps of state ``x``."""
+        b, _, h, w = x.shape
+        device = generator.device if generator is not None else x.device
+        fire = None
+        if self.fire_rate < 1.0:
+            u = torch.rand((steps, b, 1, h, w), generator=generator, device=device)
+            fire = (u <= self.fire_rate).to(x.dtype).to(x.device)
+        noise = None
+        if self.update_noise > 0:
+            shape = (steps, b, self.layout.updated, h, w)
+            noise = torch.randn(shape, generator=generator, device=device).to(x.device)
+            noise = noise * self.update_noise
+        return StepNoise(fire, noise)
+
+    def step(self, x: Tensor, fire: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        """One NCA step; ``fire`` (B, 1, H, W) selects the cells that update."""
+        pre = self.alive(x) if self.alive_channel is not None else None
+        features = self.perception(x)
+        dx = self.update(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if noise is not None:
+            dx = dx + noise
+        if fire is not None:
+            dx = dx * fire
+        fixed = self.layout.fixed
+        updated = x[:, fixed:] + dx if fixed else x + dx
+        if pre is not None:
+            post = self.alive(updated if not fixed else torch.cat([x[:, :fixed], updated], 1))
+            updated = updated * (pre & post).to(x.dtype)
+        return torch.cat([x[:, :fixed], updated], 1) if fixed else updated
+
+    def _block(self, x: Tensor, fire: Tensor | None, noise: Tensor | None, n: int) -> Tensor:
+        for i in range(n):
+            x = self.step(x, None if fire is None else fire[i], None if noise is None else noise[i])
+        return x
+
+    def rollout(
+        self,
+        x: Tensor,
+        steps: int,
+        generator: torch.Generator | None = None,
+        checkpoint_every: int = 0,
+        trajectory: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Run ``steps`` steps from ``x``.
+
+        Returns the final state and, when ``trajectory`` is set, the detached states along
+        the way (after every step; after every block when checkpointing).
+        ``checkpoint_every`` > 0 recomputes blocks of that many steps in the backward pass
+        instead of storing their activations: memory for long rollouts.
+        """
+        x = x.contiguous(memory_format=torch.channels_last)
+        noise = self.draw_noise(x, steps, generator)
+        states: list[Tensor] = []
+        block = checkpoint_every if checkpoint_every > 0 and torch.is_grad_enabled() else 1
+        for start in range(0, steps, block):
+            n = min(block, steps - start)
+            fire = None if noise.fire is None else noise.fire[start : start + n]
+            upd = None if noise.update is None else noise.update[start : start + n]
+            if block > 1:
+                x = checkpoint(self._block, x, fire, upd, n, use_reentrant=False)
+            else:
+                x = self._block(x, fire, upd, n)
+            if trajectory:
+                states.append(x.detach())
+        return x, states
+
+
+def build_nca(
+    model: ModelConfig,
+    perception: Mapping[str, Any],
+    layout: ChannelLayout,
+    alive_channel: int | None,
+) -> NCA:
+    """An NCA for ``layout`` from the ``model`` and ``perception`` config sections."""
+    return NCA(
+        layout,
+        build_perception(perception, layout.channels, model.padding),
+        hidden=list(model.hidden),
+        activation=model.activation,
+        fire_rate=model.fire_rate,
+        alive_channel=alive_channel if model.alive_mask else None,
+        alive_threshold=model.alive_threshold,
+        padding=model.padding,
+        update_noise=model.update_noise,
+        zero_init=model.zero_init,
+    )

@@ -1,0 +1,189 @@
+"""Perceptions: how a cell sees its neighbourhood.
+
+Each perception maps a state ``(B, C, H, W)`` to features ``(B, F, H, W)``; the registry
+:data:`PERCEPTIONS` is keyed by the ``kind`` in the config and each kind validates its own
+parameters. Fixed filters are registered buffers, built once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nca_cli.config import ConfigError, parse, require
+from nca_cli.engine.update import activation
+
+
+def pad(x: Tensor, radius: int, mode: str) -> Tensor:
+    """Pad the two spatial dimensions by ``radius`` cells with the configured ``mode``."""
+    if radius == 0:
+        return x
+    if mode == "zeros":
+        return F.pad(x, (radius,) * 4)
+    return F.pad(x, (radius,) * 4, mode=mode)
+
+
+class Perception(nn.Module):
+    """Base class: ``out_features`` features per cell, ``radius`` cells of reach."""
+
+    out_features: int
+    radius: int
+
+
+SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+LAPLACIAN = torch.tensor([[1.0, 2.0, 1.0], [2.0, -12.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+
+@dataclass
+class SobelParams:
+    kind: str = "sobel"
+    laplacian: bool = False
+    angle: float = 0.0
+
+
+class SobelPerception(Perception):
+    """Identity, Sobel-x/8 and Sobel-y/8 (rotated by ``angle`` degrees), optionally a
+    Laplacian, applied to every channel: the Distill growing-NCA perception.
+
+    Features are interleaved per channel, ``[c0_id, c0_dx, c0_dy, c1_id, ...]``, as in
+    the original depthwise convolution.
+    """
+
+    def __init__(self, channels: int, params: SobelParams, padding: str, where: str) -> None:
+        super().__init__()
+        identity = torch.zeros(3, 3)
+        identity[1, 1] = 1.0
+        c, s = math.cos(math.radians(params.angle)), math.sin(math.radians(params.angle))
+        dx = c * SOBEL_X - s * SOBEL_X.T
+        dy = s * SOBEL_X + c * SOBEL_X.T
+        filters = [identity, dx, dy] + ([LAPLACIAN] if params.laplacian else [])
+        kernel = torch.stack(filters)[:, None].repeat(channels, 1, 1, 1)
+        self.register_buffer("kernel", kernel, persistent=False)
+        self.channels = channels
+        self.padding = padding
+        self.radius = 1
+        self.out_features = channels * len(filters)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding == "zeros":
+            return F.conv2d(x, self.kernel, padding=1, groups=self.channels)
+        return F.conv2d(pad(x, 1, self.padding), self.kernel, groups=self.channels)
+
+
+@dataclass
+class ConvParams:
+    """A learned convolution; ``kernel_size`` is the perception size.
+
+    ``features`` defaults to three per channel (the size of the Sobel perception);
+    ``depthwise`` makes each feature look at one channel only.
+    """
+
+    kind: str = "conv"
+    kernel_size: int = 3
+    dilation: int = 1
+    features: int | None = None
+    depthwise: bool = False
+    bias: bool = True
+    activation: str | None = None
+
+
+class ConvPerception(Perception):
+    def __init__(self, channels: int, params: ConvParams, padding: str, where: str) -> None:
+        super().__init__()
+        k, d = params.kernel_size, params.dilation
+        require(k >= 1 and k % 2 == 1, f"{where}.kernel_size", k, "an odd integer >= 1")
+        require(d >= 1, f"{where}.dilation", d, "an integer >= 1")
+        features = params.features if params.features is not None else 3 * channels
+        require(features > 0, f"{where}.features", features, "a positive integer")
+        groups = channels if params.depthwise else 1
+        require(
+            features % groups == 0,
+            f"{where}.features",
+            features,
+            f"a multiple of channels ({channels}) for a depthwise convolution",
+        )
+        self.conv = nn.Conv2d(channels, features, k, dilation=d, groups=groups, bias=params.bias)
+        self.activation = (
+            activation(params.activation, f"{where}.activation") if params.activation else None
+        )
+        self.padding = padding
+        self.radius = d * (k - 1) // 2
+        self.out_features = features
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding == "zeros":
+            y = F.conv2d(
+                x,
+                self.conv.weight,
+                self.conv.bias,
+                padding=self.radius,
+                dilation=self.conv.dilation,
+                groups=self.conv.groups,
+            )
+        else:
+            y = self.conv(pad(x, self.radius, self.padding))
+        return self.activation(y) if self.activation is not None else y
+
+
+class ResidualPerception(Perception):
+    """The cell's own state concatenated with a learned convolution of its neighbourhood."""
+
+    def __init__(self, channels: int, params: ConvParams, padding: str, where: str) -> None:
+        super().__init__()
+        self.conv = ConvPerception(channels, params, padding, where)
+        self.radius = self.conv.radius
+        self.out_features = channels + self.conv.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x, self.conv(x)], dim=1)
+
+
+@dataclass
+class MultiParams:
+    """Several perceptions side by side; their features are concatenated."""
+
+    kind: str = "multi"
+    components: list[dict[str, Any]] = field(default_factory=list)
+
+
+class MultiPerception(Perception):
+    def __init__(self, channels: int, params: MultiParams, padding: str, where: str) -> None:
+        super().__init__()
+        require(len(params.components) > 0, f"{where}.components", [], "at least one perception")
+        self.parts = nn.ModuleList(
+            build_perception(part, channels, padding, f"{where}.components[{i}]")
+            for i, part in enumerate(params.components)
+        )
+        self.radius = max(p.radius for p in self.parts)
+        self.out_features = sum(p.out_features for p in self.parts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=1)
+
+
+PERCEPTIONS: dict[str, tuple[type, type[Perception]]] = {
+    "sobel": (SobelParams, SobelPerception),
+    "conv": (ConvParams, ConvPerception),
+    "residual": (ConvParams, ResidualPerception),
+    "multi": (MultiParams, MultiPerception),
+}
+
+
+def build_perception(
+    cfg: Mapping[str, Any], channels: int, padding: str, where: str = "perception"
+) -> Perception:
+    """Build the perception named by ``cfg['kind']``, validating its parameters."""
+    kind = cfg.get("kind")
+    if kind not in PERCEPTIONS:
+        raise ConfigError(
+            f"invalid value for '{where}.kind': {kind!r}; expected one of "
+            + ", ".join(sorted(PERCEPTIONS))
+        )
+    schema, module = PERCEPTIONS[kind]
+    return module(channels, parse(dict(cfg), schema, where), padding, where)

@@ -1,0 +1,1 @@
+"""Training: the loop, optimisation, guards, checkpoints and logging. No task names here."""

@@ -1,0 +1,109 @@
+"""Self-describing, atomically written checkpoints that load with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors and primitive values: model, optimiser, scheduler,
+pool, RNG states, iteration, the resolved config, package versions and the git SHA, so
+any run can be rebuilt and continued from it alone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+import nca_cli
+
+FORMAT = 1
+CHECKPOINT_NAME = "last.ckpt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or from an incompatible version."""
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically: ``write`` fills a temporary file, which is flushed, synced
+    and renamed over ``path``. The previous file stays intact until the new one is complete.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint safely (no code execution) and check its format."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or hostile files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {first} (the file is truncated, corrupt, "
+            "or not an nca checkpoint)"
+        ) from None
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise CheckpointError(f"{path} is not an nca checkpoint")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload['format']}, this nca "
+            f"({nca_cli.__version__}) reads format {FORMAT}"
+        )
+    return payload
+
+
+def git_sha() -> str | None:
+    """The commit of the nca source tree, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(nca_cli.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and source revision recorded in every checkpoint."""
+    import numpy
+
+    return {
+        "nca": nca_cli.__version__,
+        "torch": str(torch.__version__),
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "git_sha": git_sha(),
+    }

@@ -1,0 +1,53 @@
+"""Optimisers, learning-rate schedules and gradient treatment, from their config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    ExponentialLR,
+    LRScheduler,
+    MultiStepLR,
+)
+
+from nca_cli.config import GradConfig, OptimizerConfig, ScheduleConfig
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Optimizer:
+    kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    return kind(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, iterations: int) -> LRScheduler:
+    if cfg.name == "piecewise":
+        return MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    if cfg.name == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=max(iterations, 1), eta_min=cfg.min_lr)
+    if cfg.name == "exponential":
+        return ExponentialLR(optimizer, gamma=cfg.gamma)
+    return ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def treat_gradients(params: list[nn.Parameter], cfg: GradConfig) -> float:
+    """Normalise or clip gradients in place; returns the global norm before treatment.
+
+    ``normalize`` divides each parameter's gradient by its own norm (+1e-8), as in the
+    Distill notebook; ``clip_norm`` clips the global norm, as CAX does.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    if cfg.normalize:
+        for g in grads:
+            g.div_(g.norm() + 1e-8)
+    if cfg.clip_norm is not None and math.isfinite(norm):
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+    return norm

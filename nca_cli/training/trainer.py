@@ -1,0 +1,340 @@
+"""The training loop: sample, roll out, score, step, guard, checkpoint, log.
+
+It sees a task through the :class:`~nca_cli.tasks.base.Task` contract only. All randomness
+after model initialisation flows from one seeded generator saved in every checkpoint, so
+an interrupted run resumed from its checkpoint ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+
+from nca_cli.config import parse_run_config
+from nca_cli.engine.nca import build_nca
+from nca_cli.engine.pool import Batch, SamplePool, renew
+from nca_cli.images import save_gif, save_png, tile, upscale
+from nca_cli.tasks import task_class
+from nca_cli.training.checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    environment,
+    save_checkpoint,
+    write_text_atomic,
+)
+from nca_cli.training.loggers import RunLogger, make_logger
+from nca_cli.training.optim import build_optimizer, build_scheduler, treat_gradients
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite numbers or killed every cell."""
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
+
+
+class Trainer:
+    """Everything a run needs, built from a resolved config dictionary."""
+
+    def __init__(self, config: dict[str, Any], run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.run = run = parse_run_config(config)
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        self.device = torch.device(run.device)
+        self.task = task_class(str(run.task.get("name", "")))(run)
+        torch.manual_seed(run.seed)
+        self.nca = build_nca(
+            run.model, run.perception, self.task.layout, self.task.alive_channel
+        ).to(self.device)
+        self.params = list(self.nca.parameters())
+        t = run.trainer
+        self.optimizer = build_optimizer(self.params, t.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, t.schedule, t.iterations)
+        self.generator = torch.Generator().manual_seed(run.seed)
+        pool_cfg = self.task.config.pool
+        self.pool = (
+            SamplePool(self._to_device(self.task.fresh(pool_cfg.size, self.generator)))
+            if pool_cfg.size
+            else None
+        )
+        self.iteration = 0
+        self.wandb_id: str | None = None
+        self.history: list[float] = []
+
+    # -- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "iteration": self.iteration,
+            "model": self.nca.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "pool": self.pool.state_dict() if self.pool is not None else None,
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "config": self.config,
+            "environment": environment(),
+            "wandb_id": self.wandb_id,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        self.iteration = int(payload["iteration"])
+        self.nca.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.pool is not None:
+            self.pool.load_state_dict(self._to_device(payload["pool"]))
+        self.generator.set_state(payload["rng"]["generator"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.wandb_id = payload.get("wandb_id")
+        self.history = list(payload.get("history", []))
+
+    def save(self) -> Path:
+        path = self.run_dir / CHECKPOINT_NAME
+        save_checkpoint(path, self.state_dict())
+        return path
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # -- one iteration -----------------------------------------------------------------
+    def _batch(self) -> tuple[Tensor | None, Batch]:
+        b = self.run.trainer.batch_size
+        if self.pool is None:
+            return None, self._to_device(self.task.fresh(b, self.generator))
+        idx, batch = self.pool.sample(b, self.generator)
+        with torch.no_grad():
+            losses = self.task.loss(batch["state"], batch)
+        batch = renew(
+            batch,
+            losses,
+            self.task.config.pool,
+            fresh=lambda n: self._to_device(self.task.fresh(n, self.generator)),
+            mutate=lambda part: self.task.mutate(part, self.generator),
+            wipe_from=self.task.layout.fixed,
+            generator=self.generator,
+        )
+        return idx, batch
+
+    def train_step(self) -> tuple[float, float, Tensor]:
+        """One optimiser step; returns the loss, the gradient norm and the final states."""
+        t = self.run.trainer
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if t.bf16 else nullcontext()
+        )
+        for _ in range(t.grad.accumulate):
+            idx, batch = self._batch()
+            steps = int(torch.randint(t.steps.min, t.steps.max + 1, (1,), generator=self.generator))
+            with autocast:
+                state, _ = self.nca.rollout(
+                    batch["state"], steps, self.generator, t.gradient_checkpointing
+                )
+                loss = self.task.loss(state, batch).mean()
+            if not torch.isfinite(loss):
+                raise DivergenceError(
+                    f"the loss is {float(loss)} at iteration {self.iteration + 1}: training "
+                    "diverged (try a lower lr, gradient normalisation or clipping)"
+                )
+            (loss / t.grad.accumulate).backward()
+            total += float(loss.detach()) / t.grad.accumulate
+            if self.pool is not None and idx is not None:
+                batch["state"] = state.detach()
+                self.pool.commit(idx, batch)
+        grad_norm = treat_gradients(self.params, t.grad)
+        if not math.isfinite(grad_norm):
+            raise DivergenceError(
+                f"the gradient norm is {grad_norm} at iteration {self.iteration + 1}: training "
+                "diverged (try a lower lr, gradient normalisation or clipping)"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        if self.nca.alive_channel is not None and not bool(self.nca.alive(state).any()):
+            raise DivergenceError(
+                f"every cell is dead after iteration {self.iteration}: the alive mask "
+                f"(channel {self.nca.alive_channel} > {self.nca.alive_threshold}) removed the "
+                "whole state (try a lower lr or a longer warm-up of growth)"
+            )
+        return total, grad_norm, state.detach()
+
+    # -- evaluation and images -----------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, n: int | None = None) -> tuple[dict[str, float], Tensor]:
+        """Task metrics of fresh samples grown for the longest training rollout."""
+        t = self.run.trainer
+        batch = self._to_device(self.task.fresh(n or t.batch_size, self.generator))
+        state, _ = self.nca.rollout(batch["state"], t.steps.max, self.generator)
+        metrics = self.task.metrics(state, batch)
+        metrics["loss"] = float(self.task.loss(state, batch).mean())
+        return metrics, state
+
+    @torch.no_grad()
+    def rollout_frames(self, steps: int) -> list[np.ndarray]:
+        batch = self._to_device(self.task.fresh(1, self.generator))
+        _x, states = self.nca.rollout(batch["state"], steps, self.generator, trajectory=True)
+        return [upscale(self.task.render(s)[0], 4) for s in [batch["state"], *states]]
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, logger: RunLogger, progress: bool = True) -> dict[str, float]:
+        t = self.run.trainer
+        images = self.run_dir / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        metrics_file = self.run_dir / "metrics.jsonl"
+        start = time.perf_counter()
+        with _progress(progress, t.iterations, self.iteration) as advance, _signals() as stop:
+            while self.iteration < t.iterations:
+                loss, grad_norm, state = self.train_step()
+                self.history.append(loss)
+                i = self.iteration
+                if i % t.log_every == 0 or i == t.iterations:
+                    row = {
+                        "loss": loss,
+                        "log10_loss": math.log10(max(loss, 1e-12)),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                    }
+                    logger.metrics(row, step=i)
+                    with metrics_file.open("a") as f:
+                        f.write(json.dumps({"iteration": i, **row}) + "\n")
+                if i % t.image_every == 0:
+                    grid = upscale(tile(self.task.render(state)), 2)
+                    save_png(images / f"iter_{i:06d}.png", grid)
+                    logger.image("batch", grid, step=i)
+                if i % t.checkpoint_every == 0 or i == t.iterations or stop.is_set():
+                    self.save()
+                advance(loss)
+                if stop.is_set():
+                    raise Interrupted(
+                        f"interrupted at iteration {i}; checkpoint saved. Resume with:\n"
+                        f"  nca train resume={self.run_dir}"
+                    )
+        elapsed = time.perf_counter() - start
+        return self.finish(logger, elapsed)
+
+    def finish(self, logger: RunLogger, elapsed: float) -> dict[str, float]:
+        """Final evaluation, images, GIF and checkpoint artifact."""
+        t = self.run.trainer
+        metrics, state = self.evaluate()
+        tail = self.history[-10:]
+        metrics["train_loss"] = float(np.mean(tail)) if tail else float("nan")
+        final = upscale(tile(self.task.render(state)), 4)
+        save_png(self.run_dir / "final.png", final)
+        logger.image("final", final, step=self.iteration)
+        frames = self.rollout_frames(2 * t.steps.max)
+        save_gif(self.run_dir / "rollout.gif", frames)
+        logger.video("rollout", self.run_dir / "rollout.gif", step=self.iteration)
+        logger.metrics({f"final/{k}": v for k, v in metrics.items()}, step=self.iteration)
+        logger.artifact(self.run_dir / CHECKPOINT_NAME, f"model-{self.run_dir.name}", "model")
+        summary = {"iteration": self.iteration, "seconds": elapsed, **metrics}
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        return metrics
+
+
+@contextmanager
+def _signals() -> Iterator[threading.Event]:
+    """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one kills."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log.warning("stopping after this iteration (press Ctrl-C again to quit at once)")
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
+    """A rich progress bar with the loss and iterations per second."""
+    if not enabled:
+        yield lambda loss: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TextColumn("{task.fields[rate]:.2f} it/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ) as bar:
+        task = bar.add_task("train", total=total, completed=done, loss=float("nan"), rate=0.0)
+        last = time.perf_counter()
+
+        def advance(loss: float) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            rate = 1.0 / max(now - last, 1e-9)
+            last = now
+            bar.update(task, advance=1, loss=loss, rate=rate)
+
+        yield advance
+
+
+def train(config: dict[str, Any], run_dir: Path, checkpoint: dict[str, Any] | None = None) -> dict:
+    """Train a run into ``run_dir``; continue from ``checkpoint`` when given.
+
+    Returns the final metrics, the objective a sweep optimises.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, run_dir)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    log.info(
+        "task %s, %d parameters, grid %s, run folder %s",
+        trainer.task.config.name,
+        sum(p.numel() for p in trainer.params),
+        tuple(trainer.task.fresh(1, torch.Generator())["state"].shape[-2:]),
+        run_dir,
+    )
+    logger = make_logger(trainer.run.logger, run_dir, config, trainer.wandb_id)
+    trainer.wandb_id = logger.run_id
+    exit_code = 1
+    try:
+        metrics = trainer.fit(logger, progress=trainer.run.trainer.progress)
+        exit_code = 0
+        return metrics
+    finally:
+        logger.finish(exit_code)
