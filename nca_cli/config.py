@@ -205,3 +205,19 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         "'cpu' or 'cuda[:N]'",
     )
     return run
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compose the training config with Hydra, as ``nca train`` would, and resolve it.
+
+    For programmatic use (tests, orchestration); ``nca train`` itself goes through
+    ``@hydra.main`` so that ``--help``, ``--cfg`` and completion work.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="nca_cli.conf", version_base="1.3"):
+        cfg = hydra_compose("config", overrides=list(overrides))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return resolved  # type: ignore[return-value]

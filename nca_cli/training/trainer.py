@@ -49,6 +49,11 @@ class Interrupted(RuntimeError):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
 
 
+def draw_steps(low: int, high: int, generator: torch.Generator) -> int:
+    """A rollout length uniform in ``[low, high]``, both ends included."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
 class Trainer:
     """Everything a run needs, built from a resolved config dictionary."""
 
@@ -144,7 +149,7 @@ class Trainer:
         )
         for _ in range(t.grad.accumulate):
             idx, batch = self._batch()
-            steps = int(torch.randint(t.steps.min, t.steps.max + 1, (1,), generator=self.generator))
+            steps = draw_steps(t.steps.min, t.steps.max, self.generator)
             with autocast:
                 state, _ = self.nca.rollout(
                     batch["state"], steps, self.generator, t.gradient_checkpointing
@@ -152,7 +157,7 @@ class Trainer:
                 loss = self.task.loss(state, batch).mean()
             if not torch.isfinite(loss):
                 raise DivergenceError(
-                    f"the loss is {float(loss)} at iteration {self.iteration + 1}: training "
+                    f"the loss is {float(loss.detach())} at iteration {self.iteration + 1}: training "
                     "diverged (try a lower lr, gradient normalisation or clipping)"
                 )
             (loss / t.grad.accumulate).backward()

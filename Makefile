@@ -1,0 +1,44 @@
+# Every target does its own set-up from a fresh clone: `make test` and `make demo` create
+# .venv and install nca with its dev extras (torch 2.14.1 / torchvision 0.29.1) first.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+SHARED := $(abspath ../shared)
+
+# Real data and LPIPS weights of ../shared when present (CI sets these too).
+export TORCH_HOME ?= $(SHARED)/torch_home
+export NCA_DATA_DIR ?= $(SHARED)/data
+export WANDB_MODE ?= offline
+export WANDB_X_DISABLE_STATS ?= true
+
+.PHONY: install test test-slow demo lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+demo: $(STAMP)
+	$(VENV)/bin/nca train
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,238 @@
+"""Training loop, config tree, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.engine.nca import build_nca
+from nca_cli.tasks import available_tasks, task_class
+from nca_cli.training.checkpoint import CheckpointError, load_checkpoint
+from nca_cli.training.trainer import (
+    DivergenceError,
+    Interrupted,
+    Trainer,
+    draw_steps,
+    train,
+)
+
+SMOKE = ["trainer=smoke", "logger=none"]
+
+
+def presets() -> list[tuple[str, str]]:
+    """Every (group, option) of the shipped config tree."""
+    root = resources.files("nca_cli.conf")
+    found = []
+    for group in root.iterdir():
+        if group.is_dir() and not group.name.startswith("_"):
+            for option in group.iterdir():
+                if option.name.endswith(".yaml"):
+                    found.append((group.name, option.name.removesuffix(".yaml")))
+    return sorted(found)
+
+
+def build(config: dict[str, Any]) -> tuple[Any, torch.nn.Module]:
+    run = parse_run_config(config)
+    task = task_class(run.task["name"])(run)
+    return task, build_nca(run.model, run.perception, task.layout, task.alive_channel)
+
+
+def test_config_tree_has_the_documented_groups() -> None:
+    groups = Counter(group for group, _ in presets())
+    for group in ("task", "model", "perception", "dataset", "loss", "trainer", "logger"):
+        assert groups[group] >= 1, group
+    assert {"smoke", "default", "distill"} <= {o for g, o in presets() if g == "trainer"}
+    assert "growing" in available_tasks()
+
+
+@pytest.mark.parametrize(("group", "option"), presets())
+def test_every_preset_composes_and_builds(group: str, option: str) -> None:
+    config = compose([f"{group}={option}"])
+    task, nca = build(config)
+    state = task.fresh(1, torch.Generator())["state"]
+    with torch.no_grad():
+        out = nca.step(state)
+    assert out.shape == state.shape
+
+
+def test_distill_model_is_the_published_8336_parameters() -> None:
+    config = compose(["model=distill", "trainer=distill", "task=regenerating"])
+    _, nca = build(config)
+    assert sum(p.numel() for p in nca.parameters()) == 8336
+    assert nca.perception.out_features == 48
+    assert nca.fire_rate == 0.5 and nca.alive_threshold == 0.1
+    t = parse_run_config(config).trainer
+    assert (t.batch_size, t.iterations, t.steps.min, t.steps.max) == (8, 8000, 64, 95)
+    assert t.optimizer.lr == 2e-3 and t.schedule.milestones == [2000] and t.grad.normalize
+    assert config["task"]["pool"]["size"] == 1024
+    assert config["task"]["pool"]["damage"]["count"] == 3
+
+
+def test_top_level_keys_reach_the_groups() -> None:
+    config = compose(["fire_rate=0.3", "channels=32", "hidden=64", "lr=1e-3", "seed=1"])
+    run = parse_run_config(config)
+    assert run.model.fire_rate == 0.3 and run.model.hidden == [64]
+    assert run.trainer.optimizer.lr == 1e-3 and run.channels == 32 and run.seed == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("fire_rate=abc", "fire_rate"),
+        ("fire_rate=1.5", "fire_rate"),
+        ("channels=3", "channels"),
+        ("trainer.steps.min=100", "trainer.steps.max"),
+        ("lr=-1", "lr"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("+perception.foo=1", "perception.foo"),
+        ("+task.foo=1", "task.foo"),
+        ("+perception.kernel_size=3", "perception.kernel_size"),  # sobel has no size
+        ("perception=conv", None),
+    ],
+)
+def test_bad_values_fail_before_work_naming_the_key(override: str, key: str | None) -> None:
+    if key is None:  # control: a valid override builds
+        build(compose([override]))
+        return
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build(compose([override]))
+
+
+def test_draw_steps_covers_both_ends_of_the_range() -> None:
+    g = torch.Generator().manual_seed(0)
+    seen = Counter(draw_steps(64, 66, g) for _ in range(3000))
+    assert set(seen) == {64, 65, 66}
+    assert min(seen.values()) > 800
+
+
+def small(*extra: str) -> dict[str, Any]:
+    return compose(
+        [
+            *SMOKE,
+            "dataset.size=12",
+            "dataset.padding=4",
+            "trainer.steps.min=12",
+            "trainer.steps.max=16",
+            *extra,
+        ]
+    )
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(r)["loss"] for r in rows]
+
+
+def test_smoke_training_loss_falls(tmp_path: Path) -> None:
+    config = small("task=growing", "trainer.iterations=40", "trainer.batch_size=4")
+    metrics = train(config, tmp_path / "run")
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 40
+    first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    for name in ("config.yaml", "last.ckpt", "final.png", "rollout.gif", "metrics.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert metrics["mse"] < curve[0]
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, iterations: int) -> None:
+    """Deliver a real SIGINT once the trainer has done ``iterations`` steps."""
+    original = Trainer.train_step
+
+    def step(self: Trainer) -> Any:
+        out = original(self)
+        if self.iteration == iterations:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def test_interrupted_run_resumes_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = small("task=regenerating", "pool_size=8", "trainer.iterations=6")
+    config["trainer"]["batch_size"] = 4
+    train(config, tmp_path / "full")
+
+    interrupt_after(monkeypatch, 3)
+    with pytest.raises(Interrupted, match="resume="):
+        train(config, tmp_path / "resumed")
+    monkeypatch.undo()
+    checkpoint = load_checkpoint(tmp_path / "resumed" / "last.ckpt")
+    assert checkpoint["iteration"] == 3
+    train(config, tmp_path / "resumed", checkpoint)
+
+    full = load_checkpoint(tmp_path / "full" / "last.ckpt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.ckpt")
+    assert resumed["iteration"] == full["iteration"] == 6
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert torch.equal(full["pool"]["state"], resumed["pool"]["state"])
+    assert torch.equal(full["rng"]["generator"], resumed["rng"]["generator"])
+    assert losses(tmp_path / "full") == losses(tmp_path / "resumed")
+
+
+def test_checkpoint_round_trip_is_self_describing(tmp_path: Path) -> None:
+    config = small("task=persistent", "pool_size=4")
+    trainer = Trainer(config, tmp_path)
+    trainer.train_step()
+    path = trainer.save()
+    raw = torch.load(path, weights_only=True)
+    assert raw["config"] == config and raw["iteration"] == 1
+    assert {"torch", "nca", "python", "git_sha"} <= set(raw["environment"])
+    for key in ("model", "optimizer", "scheduler", "pool", "rng"):
+        assert raw[key] is not None, key
+
+    other = Trainer(config, tmp_path)
+    other.load_state_dict(load_checkpoint(path))
+    for name, tensor in trainer.nca.state_dict().items():
+        assert torch.equal(tensor, other.nca.state_dict()[name])
+    assert other.optimizer.state_dict()["state"][0]["step"] == 1
+    assert torch.equal(other.pool.data["state"], trainer.pool.data["state"])  # type: ignore[union-attr]
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    config = small()
+    path = Trainer(config, tmp_path).save()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nothing.ckpt")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = small("trainer.iterations=5", "trainer.checkpoint_every=1")
+    cls = task_class("growing")
+    original = cls.loss
+    training_calls: list[int] = []
+
+    def loss(self: Any, state: torch.Tensor, batch: Any) -> torch.Tensor:
+        value = original(self, state, batch)
+        if state.requires_grad:  # the training loss, not the pool's ranking
+            training_calls.append(1)
+            if len(training_calls) == 3:
+                return value * float("nan")
+        return value
+
+    monkeypatch.setattr(cls, "loss", loss)
+    with pytest.raises(DivergenceError, match="iteration 3"):
+        train(config, tmp_path)
+    assert load_checkpoint(tmp_path / "last.ckpt")["iteration"] == 2
+
+
+def test_dead_cells_stop_the_run(tmp_path: Path) -> None:
+    config = small("model.alive_threshold=5.0")
+    with pytest.raises(DivergenceError, match="dead"):
+        train(config, tmp_path)
