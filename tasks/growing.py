@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nca_cli.tasks.base import Task
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
@@ -21,6 +20,7 @@ from nca_cli.config import ConfigError, require
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import to_uint8
+from nca_cli.tasks.base import Task
 
 
 def bundled_emoji() -> list[str]:

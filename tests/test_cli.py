@@ -97,9 +97,7 @@ def test_bad_overrides_fail_with_a_message_naming_the_key(tmp_path: Path) -> Non
         assert out.returncode != 0, override
         assert key in out.stderr, (override, out.stderr)
         assert "Traceback" not in out.stderr, (override, out.stderr)
-    assert not (tmp_path / "outputs").exists() or not any(
-        (tmp_path / "outputs").rglob("last.ckpt")
-    )
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("last.ckpt"))
 
 
 def test_wandb_offline_run_holds_uint8_images_and_a_gif(tmp_path: Path) -> None:

@@ -157,8 +157,8 @@ class Trainer:
                 loss = self.task.loss(state, batch).mean()
             if not torch.isfinite(loss):
                 raise DivergenceError(
-                    f"the loss is {float(loss.detach())} at iteration {self.iteration + 1}: training "
-                    "diverged (try a lower lr, gradient normalisation or clipping)"
+                    f"the loss is {float(loss.detach())} at iteration {self.iteration + 1}: "
+                    "training diverged (try a lower lr, gradient normalisation or clipping)"
                 )
             (loss / t.grad.accumulate).backward()
             total += float(loss.detach()) / t.grad.accumulate
