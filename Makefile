@@ -13,7 +13,7 @@ export NCA_DATA_DIR ?= $(SHARED)/data
 export WANDB_MODE ?= offline
 export WANDB_X_DISABLE_STATS ?= true
 
-.PHONY: install test test-slow demo lint format clean
+.PHONY: install test test-slow demo bench lint format clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/nca train
+
+bench: $(STAMP)
+	$(VENV)/bin/nca bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nca_cli.commands.train",
         "train an NCA (Hydra overrides: task=, perception=, fire_rate=, ...)",
     ),
+    "sweep": (
+        "nca_cli.commands.sweep",
+        "grid and Optuna searches of training runs that resume and run in parallel",
+    ),
+    "eval": (
+        "nca_cli.commands.eval",
+        "regeneration after damage or mutation: LPIPS per stage, Recovery%, uncertainty",
+    ),
+    "kfold": (
+        "nca_cli.commands.kfold",
+        "k-fold cross-validation of any training config: mean ± std over folds",
+    ),
+    "bench": (
+        "nca_cli.commands.bench",
+        "time training and rollouts of named models; compare with the matmul limit",
+    ),
 }
 
 USAGE = """usage: nca <command> [args...]

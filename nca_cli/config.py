@@ -64,6 +64,9 @@ class ModelConfig:
     padding: str = "zeros"
     update_noise: float = 0.0
     zero_init: bool = True
+    # Coarse-to-fine cascade (Med-NCA / NCALab): one NCA per scale, coarsest first; [1] is
+    # a single NCA at full resolution.
+    scales: list[int] = field(default_factory=lambda: [1])
 
 
 @dataclass
@@ -108,6 +111,57 @@ class GradConfig:
 
 
 @dataclass
+class ProtocolSteps:
+    """The regeneration protocol of the NCA review (Spitznagel & Keuper 2026): Stage 1 is
+    the mean over steps ``stage1`` (both ends included), Stage 2 the step ``stage2``, the
+    perturbation hits the state after ``perturb_at`` steps, Stage 3 is step ``stage3``."""
+
+    stage1: list[int] = field(default_factory=lambda: [64, 96])
+    stage2: int = 149
+    perturb_at: int = 150
+    stage3: int = 449
+
+
+def validate_protocol_steps(steps: ProtocolSteps, where: str) -> None:
+    """Stages in order: Stage 1 and 2 before the perturbation, Stage 3 after it."""
+    lo_hi = steps.stage1
+    require(
+        len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1] <= steps.perturb_at,
+        f"{where}.stage1",
+        lo_hi,
+        f"a window [first, last] of steps with 0 <= first <= last <= perturb_at "
+        f"({steps.perturb_at})",
+    )
+    require(
+        0 <= steps.stage2 <= steps.perturb_at,
+        f"{where}.stage2",
+        steps.stage2,
+        f"a step between 0 and perturb_at ({steps.perturb_at})",
+    )
+    require(steps.perturb_at >= 1, f"{where}.perturb_at", steps.perturb_at, "a step >= 1")
+    require(
+        steps.stage3 > steps.perturb_at,
+        f"{where}.stage3",
+        steps.stage3,
+        f"a step after perturb_at ({steps.perturb_at})",
+    )
+
+
+@dataclass
+class RegenCheckConfig:
+    """A cheap run of the ``nca eval`` protocol during training, so every run logs LPIPS
+    per stage and Recovery% (``regen/*``): ``samples`` rollouts perturbed by
+    ``perturbation`` (a damage kind, or ``mutate``) every ``every`` iterations (0: only at
+    the end). Off in ``trainer=smoke``: loading LPIPS alone takes seconds."""
+
+    enabled: bool = True
+    every: int = 0
+    samples: int = 2
+    perturbation: str = "circle"
+    steps: ProtocolSteps = field(default_factory=ProtocolSteps)
+
+
+@dataclass
 class TrainerConfig:
     iterations: int = 2000
     batch_size: int = 8
@@ -121,6 +175,7 @@ class TrainerConfig:
     log_every: int = 10
     image_every: int = 200
     progress: bool = True
+    regen_check: RegenCheckConfig = field(default_factory=RegenCheckConfig)
 
 
 @dataclass
@@ -167,6 +222,12 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     require(0.0 < m.fire_rate <= 1.0, "model.fire_rate", m.fire_rate, "a number in (0, 1]")
     require(all(h > 0 for h in m.hidden), "model.hidden", m.hidden, "positive layer sizes")
     require(m.update_noise >= 0, "model.update_noise", m.update_noise, "a number >= 0")
+    require(
+        len(m.scales) > 0 and all(s >= 1 for s in m.scales) and m.scales[-1] == 1,
+        "model.scales",
+        m.scales,
+        "downsampling factors >= 1, coarsest first, ending with 1 (e.g. [4, 2, 1])",
+    )
     require(run.channels > 0, "channels", run.channels, "a positive integer")
     require(t.iterations >= 0, "trainer.iterations", t.iterations, "an integer >= 0")
     require(t.batch_size > 0, "trainer.batch_size", t.batch_size, "a positive integer")
@@ -196,6 +257,13 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         t.gradient_checkpointing,
         "0 (off) or the number of steps per checkpointed block",
     )
+    rc = t.regen_check
+    require(rc.every >= 0, "trainer.regen_check.every", rc.every, "0 (at the end) or a period")
+    require(rc.samples >= 1, "trainer.regen_check.samples", rc.samples, "an integer >= 1")
+    from nca_cli.engine.damage import DAMAGE_KINDS  # the engine imports this module
+
+    choice(rc.perturbation, [*DAMAGE_KINDS, "mutate"], "trainer.regen_check.perturbation")
+    validate_protocol_steps(rc.steps, "trainer.regen_check.steps")
     choice(run.logger.name, ["wandb", "none"], "logger.name")
     choice(run.logger.mode, ["offline", "online", "disabled"], "logger.mode")
     require(
@@ -221,3 +289,69 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     return resolved  # type: ignore[return-value]
+
+
+def _interpolated_keys() -> dict[str, list[str]]:
+    """Where the default config tree interpolates each top-level key (``fire_rate`` ->
+    ``model.fire_rate``): a saved config is resolved, so its copies no longer follow."""
+    import re
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="nca_cli.conf", version_base="1.3"):
+        raw = OmegaConf.to_container(hydra_compose("config"), resolve=False)
+    sites: dict[str, list[str]] = {}
+
+    def walk(node: Any, path: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(value, dict | list):
+                walk(value, where)
+            elif isinstance(value, str) and (m := re.fullmatch(r"\$\{(\w+)\}", value)):
+                sites.setdefault(m.group(1), []).append(where)
+
+    walk(raw, "")
+    return sites
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: list[str], what: str) -> dict:
+    """A saved, resolved run config with ``key=value`` overrides (Hydra's syntax) applied.
+
+    Keys must exist and config groups cannot be swapped (the saved weights would not fit
+    another model); ``what`` names the run in error messages. An override of a top-level
+    key such as ``fire_rate`` also reaches the places the config tree interpolates it
+    (``model.fire_rate``) where the saved value still equals the old top-level value.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{first}; overrides are key=value (e.g. fire_rate=0.3)") from None
+    saved = OmegaConf.create(dict(config))
+    sites: dict[str, list[str]] | None = None
+    for item in parsed:
+        key, value = item.key_or_group, item.value()
+        if item.is_add() or item.is_delete() or item.package:
+            raise ConfigError(f"cannot add or delete config keys of {what}: {item.input_line}")
+        old = OmegaConf.select(saved, key, default="__missing__")
+        if old == "__missing__":
+            raise ConfigError(f"unknown config key '{key}' ({what})")
+        if isinstance(old, DictConfig):
+            raise ConfigError(
+                f"cannot change config group '{key}' of {what}: its weights fit the saved "
+                "model only; override single keys (e.g. model.fire_rate=0.3)"
+            )
+        if "." not in key:
+            sites = _interpolated_keys() if sites is None else sites
+            for site in sites.get(key, []):
+                if OmegaConf.select(saved, site, default="__missing__") == old:
+                    OmegaConf.update(saved, site, value, merge=False)
+        OmegaConf.update(saved, key, value, merge=False)
+    resolved = OmegaConf.to_container(saved, resolve=True)
+    assert isinstance(resolved, dict)
+    return resolved

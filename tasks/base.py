@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,6 +14,8 @@ from torch import Tensor
 from nca_cli.config import ConfigError, RunConfig, parse
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch, PoolConfig, validate_pool
+
+Rollout = Callable[[Tensor, int], Tensor]
 
 
 @dataclass
@@ -41,6 +44,10 @@ class Task(ABC):
     dataset_schema: ClassVar[type]
     loss_schema: ClassVar[type[LossConfig]] = LossConfig
     losses: ClassVar[tuple[str, ...]] = ("mse",)
+    # The metric a search optimises by default, and its direction.
+    objective: ClassVar[tuple[str, str]] = ("loss", "minimize")
+    # Case ids per split for data tasks (saved with every run as splits.json).
+    splits: dict[str, list[str]] | None = None
 
     def __init__(self, run: RunConfig) -> None:
         self.run = run
@@ -76,8 +83,43 @@ class Task(ABC):
         """Per-sample loss ``(B,)`` of final states against the batch's targets."""
 
     def metrics(self, state: Tensor, batch: Batch) -> dict[str, float]:
-        """Scalar quality figures of final states (lower or higher is task-specific)."""
-        return {"loss": float(self.loss(state, batch).mean())}
+        """Scalar quality figures of one batch of final states."""
+        return self.score(self.predict(state, batch))
+
+    def predict(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample outputs of final states, concatenated over an evaluation and turned
+        into metrics by :meth:`score` (default: the per-sample loss)."""
+        return {"loss": self.loss(state, batch)}
+
+    def score(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        """Metrics of a whole evaluation (means by default; AUROC needs all samples)."""
+        return {k: float(v.float().mean()) for k, v in outputs.items()}
+
+    def evaluation_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """The samples of ``split`` in batches, without augmentation.
+
+        Tasks without data grow fresh samples from a fixed seed, so that every
+        evaluation sees the same ones.
+        """
+        yield self.fresh(batch_size, torch.Generator().manual_seed(0))
+
+    def case_labels(self, ids: list[str]) -> list[int] | None:
+        """Class labels of cases, so k-fold can stratify (None: not a classification)."""
+        return None
+
+    def has_split(self, split: str) -> bool:
+        """Whether the task has samples for ``split`` (train, val or test)."""
+        return split in ("train", "val")
+
+    def evaluate(self, rollout: Rollout, split: str, batch_size: int, steps: int) -> dict:
+        """Metrics of ``split`` after ``steps`` steps of ``rollout(state, steps)``."""
+        outputs: dict[str, list[Tensor]] = {}
+        for batch in self.evaluation_batches(split, batch_size):
+            state = rollout(batch["state"], steps)
+            batch = {k: v.to(state.device) for k, v in batch.items()}
+            for k, v in self.predict(state, batch).items():
+                outputs.setdefault(k, []).append(v.detach().cpu())
+        return self.score({k: torch.cat(v) for k, v in outputs.items()})
 
     @abstractmethod
     def render(self, state: Tensor) -> np.ndarray:
@@ -86,3 +128,24 @@ class Task(ABC):
     def mutate(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Perturb samples in a task-specific way (change the condition or the input)."""
         raise ConfigError(f"task {self.config.name!r} has no mutation; set task.pool.mutate=0")
+
+    @property
+    def mutable(self) -> bool:
+        """Whether the task implements :meth:`mutate` (conditional and classification tasks)."""
+        return type(self).mutate is not Task.mutate
+
+    def sample_metrics(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample ``(B,)`` metrics of states at any step, for the regeneration protocol
+        (mean ± std over samples, per-sample Recovery%). The default scores each sample's
+        :meth:`predict` outputs alone; a task whose :meth:`score` needs many samples (AUROC)
+        returns per-sample figures here instead."""
+        outputs = self.predict(state, batch)
+        each = [{k: v[i : i + 1] for k, v in outputs.items()} for i in range(len(state))]
+        rows = [self.score(sample) for sample in each]
+        return {k: torch.tensor([row[k] for row in rows]) for k in rows[0]}
+
+    def eval_images(self, state: Tensor, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """Predicted and target RGB ``(B, 3, H, W)`` in [0, 1] for ``nca eval``'s image
+        metrics (LPIPS, MSE, PSNR; LPIPS is then the protocol's primary metric). None: the
+        output is not an image, and the task's :attr:`objective` is the primary metric."""
+        return None

@@ -80,6 +80,7 @@ class GrowingTask(Task):
     """RGBA visible channels with alpha at index 3, the rest hidden."""
 
     dataset_schema = EmojiDataset
+    objective = ("mse", "minimize")
 
     def __init__(self, run):  # type: ignore[no-untyped-def]
         super().__init__(run)
@@ -109,13 +110,22 @@ class GrowingTask(Task):
         rgba = state[:, self.layout.visible_slice].float()
         return ((rgba - self.target.to(rgba.device)) ** 2).mean(dim=(1, 2, 3))
 
-    def metrics(self, state: Tensor, batch: Batch) -> dict[str, float]:
-        mse = float(self.loss(state, batch).mean())
+    def predict(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
+        return {"mse": self.loss(state, batch)}
+
+    def score(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        mse = float(outputs["mse"].mean())
         return {"mse": mse, "log10_mse": float(np.log10(max(mse, 1e-12)))}
 
     def render(self, state: Tensor) -> np.ndarray:
         rgb = rgba_to_rgb(state[:, self.layout.visible_slice].detach().float().cpu())
         return to_uint8(rgb.permute(0, 2, 3, 1).numpy())
+
+    def eval_images(self, state: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """What :meth:`render` shows, as floats: premultiplied RGBA over white."""
+        pred = rgba_to_rgb(state[:, self.layout.visible_slice].float())
+        target = rgba_to_rgb(self.target[None].to(pred.device))
+        return pred, target.expand_as(pred)
 
     def render_target(self) -> np.ndarray:
         return to_uint8(rgba_to_rgb(self.target[None]).permute(0, 2, 3, 1).numpy())[0]

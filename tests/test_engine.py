@@ -626,12 +626,13 @@ def test_circle_damage_area_on_square_grid() -> None:
 
 def test_circle_damage_is_a_disc_on_non_square_grid() -> None:
     cfg = DamageConfig(kind="circle", radius=[0.25, 0.25], center=[0.0, 0.0])
-    m = damage_mask(cfg, 1, 40, 80)[0, 0]
-    rows, cols = hit_extent(m)
-    assert rows > 4
-    assert abs(rows - cols) <= 1
-    area = math.pi * (0.25 * 19.5) ** 2
-    assert abs(int((m == 0).sum()) - area) / area < 0.1
+    area = math.pi * (0.25 * 19.5) ** 2  # radius: a fraction of half the shorter side
+    for height, width in [(40, 80), (80, 40)]:
+        m = damage_mask(cfg, 1, height, width)[0, 0]
+        rows, cols = hit_extent(m)
+        assert rows > 4
+        assert abs(rows - cols) <= 1
+        assert abs(int((m == 0).sum()) - area) / area < 0.1
     # Off-centre discs too (centre drawn per axis), still round.
     off = DamageConfig(kind="circle", radius=[0.3, 0.3], center=[-0.5, 0.5])
     for m in damage_mask(off, 8, 40, 80, torch.Generator().manual_seed(1))[:, 0]:

@@ -53,9 +53,20 @@ def test_config_tree_has_the_documented_groups() -> None:
     assert "growing" in available_tasks()
 
 
+def task_choosing(group: str, option: str) -> list[str]:
+    """Dataset and loss presets belong to the tasks that select them."""
+    if group not in ("dataset", "loss"):
+        return []
+    for task in resources.files("nca_cli.conf").joinpath("task").iterdir():
+        lines = [line.strip() for line in task.read_text().splitlines()]
+        if f"- override /{group}: {option}" in lines:
+            return [f"task={task.name.removesuffix('.yaml')}"]
+    return []
+
+
 @pytest.mark.parametrize(("group", "option"), presets())
 def test_every_preset_composes_and_builds(group: str, option: str) -> None:
-    config = compose([f"{group}={option}"])
+    config = compose([*task_choosing(group, option), f"{group}={option}"])
     task, nca = build(config)
     state = task.fresh(1, torch.Generator())["state"]
     with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nca_cli.config import ConfigError
+from nca_cli.config import ConfigError, apply_overrides
 
 log = logging.getLogger("nca.train")
 
@@ -32,29 +33,28 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any]
     if not run_dir.is_dir():
         raise ConfigError(f"invalid value for 'resume': {str(run_dir)!r} is not a run folder")
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    saved = OmegaConf.create(checkpoint["config"])
-    for item in overrides:
-        key, _, value = item.partition("=")
-        key = key.lstrip("+~")
-        if key in ("resume", "hydra.run.dir") or key.startswith("hydra."):
-            continue
-        if "." not in key and isinstance(saved.get(key), DictConfig):
-            raise ConfigError(
-                f"cannot change config group '{key}' when resuming {run_dir}; override "
-                "single keys (e.g. trainer.iterations=4000) or start a new run"
-            )
-        if OmegaConf.select(saved, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"unknown config key '{key}' (resuming {run_dir})")
-        OmegaConf.update(saved, key, OmegaConf.create({"v": value})["v"] if value else None)
-    config = OmegaConf.to_container(saved, resolve=True)
-    assert isinstance(config, dict)
+    wanted = [
+        item
+        for item in overrides
+        if not item.lstrip("+~").startswith(("resume=", "hydra.", "hydra/"))
+    ]
+    config = apply_overrides(checkpoint["config"], wanted, f"the run {run_dir}")
     config["resume"] = str(run_dir)
     return config, checkpoint
 
 
+def finished_metrics(run_dir: Path) -> dict[str, float] | None:
+    """The final metrics of a run folder whose training completed, else None."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    return {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, int | float)}
+
+
 @hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> dict[str, float] | None:
-    from nca_cli.training.checkpoint import CheckpointError
+    from nca_cli.datasets.storage import DataError
+    from nca_cli.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
     from nca_cli.training.trainer import DivergenceError, Interrupted, train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -65,8 +65,15 @@ def app(cfg: DictConfig) -> dict[str, float] | None:
             resolved = OmegaConf.to_container(cfg, resolve=True)
             assert isinstance(resolved, dict)
             config, checkpoint = resolved, None
+            finished = finished_metrics(run_dir)
+            if finished is not None:  # a re-run multirun job (k-fold, sweep) that finished
+                log.info("%s already finished; skipping", run_dir)
+                return finished
+            if (run_dir / CHECKPOINT_NAME).is_file():  # ... or that was interrupted
+                checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+                log.info("continuing %s from iteration %d", run_dir, checkpoint["iteration"])
         metrics = train(config, run_dir, checkpoint)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, DataError) as err:
         print(f"nca train: error: {err}", file=sys.stderr)
         sys.exit(2)
     except DivergenceError as err:

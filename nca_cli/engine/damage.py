@@ -17,18 +17,26 @@ from nca_cli.config import choice, require
 @dataclass
 class DamageConfig:
     """``circle``: a disc with centre offset drawn from ``center`` (fractions of half of
-    each side, from the middle) and radius from ``radius`` (fractions of half the shorter
-    side): the Distill recipe on a square grid. ``rect``: a rectangle whose sides are drawn
-    from ``size`` (fractions of each side), placed uniformly inside the grid."""
+    each side, from the middle; ``center_y``, when set, is the range of the vertical offset)
+    and radius from ``radius`` (fractions of half the shorter side): the Distill recipe on a
+    square grid. ``rect``: a rectangle whose sides are drawn from ``size`` (fractions of
+    each side), placed uniformly inside the grid. ``half``: the ``side`` half of the grid
+    (left, right, top, bottom, or one of them at random per sample): the review paper's 50%
+    removal. ``noise``: every cell wiped independently with a probability drawn from
+    ``rate`` per sample."""
 
     kind: str = "circle"
     count: int = 0
     radius: list[float] = field(default_factory=lambda: [0.1, 0.4])
     center: list[float] = field(default_factory=lambda: [-0.5, 0.5])
     size: list[float] = field(default_factory=lambda: [0.2, 0.5])
+    center_y: list[float] | None = None
+    side: str = "left"
+    rate: list[float] = field(default_factory=lambda: [0.5, 0.5])
 
 
-DAMAGE_KINDS = ("circle", "rect")
+DAMAGE_KINDS = ("circle", "rect", "half", "noise")
+HALF_SIDES = ("left", "right", "top", "bottom")
 
 
 def _uniform(n: int, bounds: list[float], generator: torch.Generator | None) -> Tensor:
@@ -39,14 +47,42 @@ def _uniform(n: int, bounds: list[float], generator: torch.Generator | None) -> 
 def validate_damage(cfg: DamageConfig, where: str) -> None:
     choice(cfg.kind, list(DAMAGE_KINDS), f"{where}.kind")
     require(cfg.count >= 0, f"{where}.count", cfg.count, "an integer >= 0")
-    for key in ("radius", "center", "size"):
+    for key in ("radius", "center", "size", "center_y", "rate"):
         bounds = getattr(cfg, key)
+        if bounds is None:
+            continue
         require(
             len(bounds) == 2 and bounds[0] <= bounds[1],
             f"{where}.{key}",
             bounds,
             "a range [low, high] with low <= high",
         )
+    require(
+        cfg.rate[0] >= 0.0 and cfg.rate[1] <= 1.0,
+        f"{where}.rate",
+        cfg.rate,
+        "probabilities in [0, 1]",
+    )
+    choice(cfg.side, [*HALF_SIDES, "random"], f"{where}.side")
+
+
+def _half(
+    cfg: DamageConfig, n: int, height: int, width: int, generator: torch.Generator | None
+) -> Tensor:
+    """Wipe exactly ``width // 2`` columns or ``height // 2`` rows from the chosen side."""
+    if cfg.side == "random":
+        sides = torch.randint(len(HALF_SIDES), (n,), generator=generator).tolist()
+    else:
+        sides = [HALF_SIDES.index(cfg.side)] * n
+    rows = torch.arange(height).view(height, 1).expand(height, width)
+    cols = torch.arange(width).view(1, width).expand(height, width)
+    regions = {
+        "left": cols < width // 2,
+        "right": cols >= width - width // 2,
+        "top": rows < height // 2,
+        "bottom": rows >= height - height // 2,
+    }
+    return torch.stack([regions[HALF_SIDES[s]] for s in sides])
 
 
 def damage_mask(
@@ -57,13 +93,18 @@ def damage_mask(
     xs = torch.linspace(-1.0, 1.0, width).view(1, 1, width)
     if cfg.kind == "circle":
         cx = _uniform(n, cfg.center, generator).view(n, 1, 1)
-        cy = _uniform(n, cfg.center, generator).view(n, 1, 1)
+        cy = _uniform(n, cfg.center_y or cfg.center, generator).view(n, 1, 1)
         r = _uniform(n, cfg.radius, generator).view(n, 1, 1)
         # Offsets in cells: half-extent of each axis; radius in half the shorter side.
         dx = (xs - cx) * (width - 1) / 2
         dy = (ys - cy) * (height - 1) / 2
         rr = r * (min(height, width) - 1) / 2
         hit = dx * dx + dy * dy < rr * rr
+    elif cfg.kind == "half":
+        hit = _half(cfg, n, height, width, generator)
+    elif cfg.kind == "noise":
+        p = _uniform(n, cfg.rate, generator).view(n, 1, 1)
+        hit = torch.rand(n, height, width, generator=generator) < p
     else:
         hh = (_uniform(n, cfg.size, generator) * height).round().clamp(1, height)
         ww = (_uniform(n, cfg.size, generator) * width).round().clamp(1, width)

@@ -29,6 +29,40 @@ def pad(x: Tensor, radius: int, mode: str) -> Tensor:
     return F.pad(x, (radius,) * 4, mode=mode)
 
 
+def max3x3(a: Tensor) -> Tensor:
+    """The 3x3 max-pool of a padded ``(B, 1, H+2, W+2)`` tensor, as two separable maxima:
+    exactly ``F.max_pool2d(a, 3, stride=1)``, ten times faster on one channel."""
+    rows = torch.maximum(torch.maximum(a[..., :-2, :], a[..., 1:-1, :]), a[..., 2:, :])
+    return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
+
+
+def repeat_channels(x: Tensor, n: int) -> Tensor:
+    """Each channel ``n`` times in a row, ``[c0, c0, c1, c1, ...]``, in ``x``'s memory format.
+
+    A depthwise convolution with a channel multiplier of ``n`` is a depthwise convolution
+    with multiplier 1 of the repeated input; the latter has a fast oneDNN kernel on the CPU
+    (channels-last), the former does not (about 6x slower).
+    """
+    b, c, h, w = x.shape
+    if n == 1:
+        return x
+    if x.is_contiguous(memory_format=torch.channels_last):
+        rep = x.permute(0, 2, 3, 1).unsqueeze(-1).expand(b, h, w, c, n)
+        return rep.reshape(b, h, w, c * n).permute(0, 3, 1, 2)
+    return x.unsqueeze(2).expand(b, c, n, h, w).reshape(b, c * n, h, w)
+
+
+def depthwise_conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None, radius: int, dilation: int, padding: str
+) -> Tensor:
+    """A depthwise convolution of ``x`` (``weight.shape[0] / C`` filters per channel) with
+    the border of ``padding``, as a multiplier-1 convolution of the repeated channels."""
+    x = pad(x, radius, padding) if padding != "zeros" else x
+    rep = repeat_channels(x, weight.shape[0] // x.shape[1])
+    zeros = radius if padding == "zeros" else 0
+    return F.conv2d(rep, weight, bias, padding=zeros, dilation=dilation, groups=weight.shape[0])
+
+
 class Perception(nn.Module):
     """Base class: ``out_features`` features per cell, ``radius`` cells of reach."""
 
@@ -71,9 +105,7 @@ class SobelPerception(Perception):
         self.out_features = channels * len(filters)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding == "zeros":
-            return F.conv2d(x, self.kernel, padding=1, groups=self.channels)
-        return F.conv2d(pad(x, 1, self.padding), self.kernel, groups=self.channels)
+        return depthwise_conv(x, self.kernel, None, 1, 1, self.padding)
 
 
 @dataclass
@@ -117,7 +149,12 @@ class ConvPerception(Perception):
         self.out_features = features
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding == "zeros":
+        conv = self.conv
+        if conv.groups == x.shape[1] and conv.groups > 1:
+            y = depthwise_conv(
+                x, conv.weight, conv.bias, self.radius, conv.dilation[0], self.padding
+            )
+        elif self.padding == "zeros":
             y = F.conv2d(
                 x,
                 self.conv.weight,
@@ -165,6 +202,18 @@ class MultiPerception(Perception):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([p(x) for p in self.parts], dim=1)
+
+
+def perception_flops(perception: nn.Module) -> tuple[float, float]:
+    """Forward FLOPs per cell of (learned, fixed) filters: 2 per multiply-add."""
+    learned, fixed = 0.0, 0.0
+    for m in perception.modules():
+        if isinstance(m, nn.Conv2d):
+            out, per_group, kh, kw = m.weight.shape
+            learned += 2.0 * out * per_group * kh * kw
+        elif isinstance(m, SobelPerception):
+            fixed += 2.0 * m.kernel.numel()
+    return learned, fixed
 
 
 PERCEPTIONS: dict[str, tuple[type, type[Perception]]] = {

@@ -7,17 +7,15 @@ any run can be rebuilt and continued from it alone.
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 import nca_cli
+from nca_cli.atomic import write_atomic
 
 FORMAT = 1
 CHECKPOINT_NAME = "last.ckpt"
@@ -25,32 +23,6 @@ CHECKPOINT_NAME = "last.ckpt"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or from an incompatible version."""
-
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file atomically: ``write`` fills a temporary file, which is flushed, synced
-    and renamed over ``path``. The previous file stays intact until the new one is complete.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
-            group=cfg.group,
+            group=cfg.group or run_dir.name,  # evaluations of this run join its group
             tags=list(cfg.tags),
             mode=cfg.mode,  # type: ignore[arg-type]
             dir=str(run_dir),

@@ -13,7 +13,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,10 @@ import torch
 import yaml
 from torch import Tensor
 
+from nca_cli.atomic import write_text_atomic
 from nca_cli.config import parse_run_config
-from nca_cli.engine.nca import build_nca
+from nca_cli.datasets.splits import save_splits
+from nca_cli.engine.cascade import build_model
 from nca_cli.engine.pool import Batch, SamplePool, renew
 from nca_cli.images import save_gif, save_png, tile, upscale
 from nca_cli.tasks import task_class
@@ -33,12 +35,15 @@ from nca_cli.training.checkpoint import (
     FORMAT,
     environment,
     save_checkpoint,
-    write_text_atomic,
 )
 from nca_cli.training.loggers import RunLogger, make_logger
 from nca_cli.training.optim import build_optimizer, build_scheduler, treat_gradients
 
 log = logging.getLogger(__name__)
+
+
+# Called with (iteration, logged row) every trainer.log_every iterations; may raise to stop.
+Report = Callable[[int, dict[str, float]], None]
 
 
 class DivergenceError(RuntimeError):
@@ -66,7 +71,7 @@ class Trainer:
         self.device = torch.device(run.device)
         self.task = task_class(str(run.task.get("name", "")))(run)
         torch.manual_seed(run.seed)
-        self.nca = build_nca(
+        self.nca = build_model(
             run.model, run.perception, self.task.layout, self.task.alive_channel
         ).to(self.device)
         self.params = list(self.nca.parameters())
@@ -184,14 +189,19 @@ class Trainer:
 
     # -- evaluation and images -----------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, n: int | None = None) -> tuple[dict[str, float], Tensor]:
-        """Task metrics of fresh samples grown for the longest training rollout."""
+    def _grow(self, state: Tensor, steps: int) -> Tensor:
+        return self.nca.rollout(state.to(self.device), steps, self.generator)[0]
+
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Task metrics on ``split``, grown for the longest training rollout."""
         t = self.run.trainer
-        batch = self._to_device(self.task.fresh(n or t.batch_size, self.generator))
-        state, _ = self.nca.rollout(batch["state"], t.steps.max, self.generator)
-        metrics = self.task.metrics(state, batch)
-        metrics["loss"] = float(self.task.loss(state, batch).mean())
-        return metrics, state
+        return self.task.evaluate(self._grow, split, t.batch_size, t.steps.max)
+
+    def showcase(self) -> Tensor:
+        """Final states of the first validation batch, for pictures."""
+        t = self.run.trainer
+        batch = next(iter(self.task.evaluation_batches("val", t.batch_size)))
+        return self._grow(batch["state"], t.steps.max)
 
     @torch.no_grad()
     def rollout_frames(self, steps: int) -> list[np.ndarray]:
@@ -199,8 +209,25 @@ class Trainer:
         _x, states = self.nca.rollout(batch["state"], steps, self.generator, trajectory=True)
         return [upscale(self.task.render(s)[0], 4) for s in [batch["state"], *states]]
 
+    def regen_check(self, logger: RunLogger, step: int) -> dict[str, float]:
+        """The ``nca eval`` protocol on a few samples (``trainer.regen_check``), logged as
+        ``regen/*`` and to regen.jsonl; its own seeded generator leaves the training's random
+        stream alone."""
+        from nca_cli.evaluation.protocol import regeneration_check
+
+        cfg = self.run.trainer.regen_check
+        values = regeneration_check(self.task, self.nca, cfg, self.run.seed, self.device)
+        logger.metrics({f"regen/{k}": v for k, v in values.items()}, step=step)
+        with (self.run_dir / "regen.jsonl").open("a") as f:
+            f.write(json.dumps({"iteration": step, **values}) + "\n")
+        return values
+
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, logger: RunLogger, progress: bool = True) -> dict[str, float]:
+    def fit(
+        self, logger: RunLogger, progress: bool = True, report: Report | None = None
+    ) -> dict[str, float]:
+        """Train to ``trainer.iterations``; ``report`` sees every logged row (a sweep's
+        pruner raises from it to stop a weak trial)."""
         t = self.run.trainer
         images = self.run_dir / "images"
         images.mkdir(parents=True, exist_ok=True)
@@ -221,12 +248,18 @@ class Trainer:
                     logger.metrics(row, step=i)
                     with metrics_file.open("a") as f:
                         f.write(json.dumps({"iteration": i, **row}) + "\n")
+                    if report is not None:
+                        report(i, row)
                 if i % t.image_every == 0:
                     grid = upscale(tile(self.task.render(state)), 2)
                     save_png(images / f"iter_{i:06d}.png", grid)
                     logger.image("batch", grid, step=i)
                 if i % t.checkpoint_every == 0 or i == t.iterations or stop.is_set():
                     self.save()
+                check = t.regen_check
+                due = check.enabled and check.every > 0 and i % check.every == 0
+                if due and i < t.iterations and not stop.is_set():
+                    self.regen_check(logger, i)
                 advance(loss)
                 if stop.is_set():
                     raise Interrupted(
@@ -239,10 +272,15 @@ class Trainer:
     def finish(self, logger: RunLogger, elapsed: float) -> dict[str, float]:
         """Final evaluation, images, GIF and checkpoint artifact."""
         t = self.run.trainer
-        metrics, state = self.evaluate()
+        metrics = self.evaluate("val")
+        if self.task.has_split("test"):
+            metrics.update({f"test/{k}": v for k, v in self.evaluate("test").items()})
         tail = self.history[-10:]
         metrics["train_loss"] = float(np.mean(tail)) if tail else float("nan")
-        final = upscale(tile(self.task.render(state)), 4)
+        if t.regen_check.enabled:
+            regen = self.regen_check(logger, self.iteration)
+            metrics.update({f"regen_{k}": v for k, v in regen.items()})
+        final = upscale(tile(self.task.render(self.showcase())), 4)
         save_png(self.run_dir / "final.png", final)
         logger.image("final", final, step=self.iteration)
         frames = self.rollout_frames(2 * t.steps.max)
@@ -316,10 +354,16 @@ def _progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
         yield advance
 
 
-def train(config: dict[str, Any], run_dir: Path, checkpoint: dict[str, Any] | None = None) -> dict:
+def train(
+    config: dict[str, Any],
+    run_dir: Path,
+    checkpoint: dict[str, Any] | None = None,
+    report: Report | None = None,
+) -> dict:
     """Train a run into ``run_dir``; continue from ``checkpoint`` when given.
 
-    Returns the final metrics, the objective a sweep optimises.
+    Returns the final metrics, the objective a sweep optimises; ``report(iteration, row)``
+    is called with every logged row of training metrics (intermediate values of a sweep).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, run_dir)
@@ -327,6 +371,8 @@ def train(config: dict[str, Any], run_dir: Path, checkpoint: dict[str, Any] | No
         trainer.load_state_dict(checkpoint)
         log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if trainer.task.splits is not None:
+        save_splits(run_dir / "splits.json", trainer.task.splits)
     log.info(
         "task %s, %d parameters, grid %s, run folder %s",
         trainer.task.config.name,
@@ -338,7 +384,7 @@ def train(config: dict[str, Any], run_dir: Path, checkpoint: dict[str, Any] | No
     trainer.wandb_id = logger.run_id
     exit_code = 1
     try:
-        metrics = trainer.fit(logger, progress=trainer.run.trainer.progress)
+        metrics = trainer.fit(logger, progress=trainer.run.trainer.progress, report=report)
         exit_code = 0
         return metrics
     finally:

@@ -1,0 +1,250 @@
+"""``nca eval``: regeneration of a trained NCA after damage or mutation, on the protocol of
+the NCA review (Spitznagel & Keuper 2026), measured with LPIPS and the task's metrics."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Evaluate how a trained NCA regenerates. Samples grow from their seeds (or, for data
+tasks, from validation inputs); Stage 1 is the metric averaged over steps 64-96, Stage 2
+the metric at step 149; at step 150 the state is damaged (or the condition/input is
+mutated); Stage 3 is the metric at step 449. Recovery% = (m_final - m_d) / (m_pre - m_d)
+* 100 with m_pre = Stage 2 and m_d measured right after the perturbation (undefined, with a
+reason, when the perturbation does not change the metric). Image tasks are measured with
+LPIPS (the primary metric), MSE and PSNR; other tasks with their own metrics (Dice,
+accuracy, ...). Outputs go to <run>/eval/<timestamp>/: eval.json, metrics.png (metric vs
+step), strip.png (before, damaged, recovered), rollout.gif and uncertainty.png (per-cell
+std over the stochastic rollouts), and to W&B in the training run's group."""
+
+EPILOG = """\
+examples:
+  nca eval --damage circle                     the latest run under outputs/train
+  nca eval --run outputs/train/<run> --damage half --side right
+  nca eval --damage circle --center 0.2 -0.1 --radius 0.3 --samples 16 --seed 1
+  nca eval --damage rect --size 0.3 0.5         sides drawn per sample in [0.3, 0.5]
+  nca eval --mutate                             conditional / classification tasks
+  nca eval --damage noise --rate 0.3 fire_rate=0.3   key=value overrides the saved config
+  nca eval --stage1 8 12 --stage2 19 --perturb-at 20 --stage3 40   a short protocol"""
+
+# A key=value override (Hydra's grammar); split off before argparse so that an option
+# taking one or two numbers (--radius 0.3) never swallows it.
+OVERRIDE = re.compile(r"[+~]?[A-Za-z_][\w.]*=")
+# Which damage kinds read each shape option.
+SHAPE_OPTIONS = {
+    "center": ("circle",),
+    "radius": ("circle",),
+    "size": ("rect",),
+    "side": ("half",),
+    "rate": ("noise",),
+}
+
+
+def _range(parser: argparse.ArgumentParser, name: str, values: list[float] | None) -> list[float]:
+    """One value (fixed) or two (drawn uniformly per sample) as a [low, high] range."""
+    assert values is not None
+    if len(values) > 2:
+        parser.error(f"--{name} takes one value or a range LOW HIGH, not {len(values)} values")
+    return [values[0], values[-1]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nca eval",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = p.add_argument_group("which run").add_mutually_exclusive_group()
+    where.add_argument(
+        "--run",
+        type=Path,
+        metavar="DIR",
+        help="a training run folder (holding last.ckpt); default: the most recent run under "
+        "$NCA_OUTPUT_DIR/train (default outputs/train)",
+    )
+    where.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="a checkpoint file to evaluate instead"
+    )
+    hit = p.add_argument_group("perturbation at --perturb-at")
+    hit.add_argument(
+        "--damage",
+        choices=["circle", "rect", "half", "noise", "none"],
+        help="cells to wipe (every channel but fixed inputs): circle = a disc, rect = a "
+        "rectangle placed at random, half = one half of the grid, noise = random cells, "
+        "none = no perturbation (default: circle, unless --mutate)",
+    )
+    hit.add_argument(
+        "--center",
+        type=float,
+        nargs=2,
+        metavar=("X", "Y"),
+        help="circle centre as offsets from the middle, in fractions of half of each side "
+        "(-1 left/top edge, 1 right/bottom edge; default 0 0)",
+    )
+    hit.add_argument(
+        "--radius",
+        type=float,
+        nargs="+",
+        metavar="R",
+        help="circle radius in fractions of half the shorter side; two values draw it per "
+        "sample from [LOW, HIGH] (default 0.4)",
+    )
+    hit.add_argument(
+        "--size",
+        type=float,
+        nargs="+",
+        metavar="F",
+        help="rect sides in fractions of each side of the grid; two values draw them per "
+        "sample (default 0.4); the rectangle is placed at random (by --seed)",
+    )
+    hit.add_argument(
+        "--side",
+        choices=["left", "right", "top", "bottom", "random"],
+        help="which half the half damage removes (default left): exactly half the columns or rows",
+    )
+    hit.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        metavar="P",
+        help="noise damage: probability that a cell is wiped; two values draw it per sample "
+        "(default 0.5)",
+    )
+    hit.add_argument(
+        "--mutate",
+        action="store_true",
+        help="instead of damage, switch the condition of a conditional task (or the input "
+        "of a classification task) with the task's mutation, keeping the state",
+    )
+    proto = p.add_argument_group("protocol")
+    proto.add_argument(
+        "--samples",
+        type=int,
+        default=8,
+        metavar="N",
+        help="rollouts (samples) evaluated together; the uncertainty map is their per-cell "
+        "std (default 8)",
+    )
+    proto.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the fire-rate randomness and of random damage: the same seed gives "
+        "the same figures (default 0)",
+    )
+    proto.add_argument(
+        "--split",
+        default="val",
+        help="evaluation split of data tasks (val or test; default val)",
+    )
+    proto.add_argument(
+        "--stage1",
+        type=int,
+        nargs=2,
+        default=[64, 96],
+        metavar=("FIRST", "LAST"),
+        help="Stage 1: the metric averaged over these steps, both included (default 64 96)",
+    )
+    proto.add_argument(
+        "--stage2",
+        type=int,
+        default=149,
+        metavar="STEP",
+        help="Stage 2: the metric before the perturbation, m_pre of Recovery%% (default 149)",
+    )
+    proto.add_argument(
+        "--perturb-at",
+        type=int,
+        default=150,
+        metavar="STEP",
+        help="the state after this many steps is perturbed (default 150)",
+    )
+    proto.add_argument(
+        "--stage3",
+        type=int,
+        default=449,
+        metavar="STEP",
+        help="Stage 3: the metric after regrowth, m_final of Recovery%% (default 449)",
+    )
+    out = p.add_argument_group("measurement and output")
+    out.add_argument(
+        "--curve-every",
+        type=int,
+        default=5,
+        metavar="K",
+        help="measure every K steps for the metric-vs-step plot (the stage steps are always "
+        "measured; 0: only those; default 5; LPIPS makes small K slow)",
+    )
+    out.add_argument(
+        "--lpips-net",
+        choices=["alex", "vgg", "squeeze"],
+        default="alex",
+        help="LPIPS backbone (default alex, as published); weights from TORCH_HOME",
+    )
+    out.add_argument(
+        "--no-wandb",
+        action="store_true",
+        help="do not log to W&B (default: log as the training run did, offline unless its "
+        "logger.mode says otherwise; logger.mode=... overrides)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="changes to the saved config, e.g. fire_rate=0.3, model.alive_threshold=0.2, "
+        "device=cuda (the architecture cannot change)",
+    )
+    return p
+
+
+def main(argv: list[str]) -> None:
+    parser = build_parser()
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    args = parser.parse_intermixed_args([a for a in argv if not OVERRIDE.match(a)])
+    if args.overrides:
+        parser.error(f"unrecognised argument {args.overrides[0]!r}: overrides are key=value")
+    if args.mutate and args.damage not in (None, "none"):
+        parser.error("--mutate replaces damage: drop --damage")
+    kind = "none" if args.mutate else (args.damage or "circle")
+    for option, kinds in SHAPE_OPTIONS.items():
+        if getattr(args, option) is not None and kind not in kinds:
+            parser.error(f"--{option} applies to --damage {' or '.join(kinds)}, not {kind}")
+
+    from nca_cli.config import ConfigError, ProtocolSteps
+    from nca_cli.datasets.storage import DataError
+    from nca_cli.evaluation import EvalError
+    from nca_cli.evaluation.evaluate import evaluate
+    from nca_cli.evaluation.protocol import ProtocolConfig, default_damage
+    from nca_cli.evaluation.runs import find_checkpoint
+    from nca_cli.training.checkpoint import CheckpointError
+
+    damage = None if kind == "none" else default_damage(kind)
+    if damage is not None:
+        if args.center is not None:
+            damage.center, damage.center_y = [args.center[0]] * 2, [args.center[1]] * 2
+        for option in ("radius", "size", "rate"):
+            if getattr(args, option) is not None:
+                setattr(damage, option, _range(parser, option, getattr(args, option)))
+        damage.side = args.side or damage.side
+    protocol = ProtocolConfig(
+        steps=ProtocolSteps(list(args.stage1), args.stage2, args.perturb_at, args.stage3),
+        samples=args.samples,
+        seed=args.seed,
+        damage=damage,
+        mutate=args.mutate,
+        split=args.split,
+        curve_every=args.curve_every,
+        lpips_net=args.lpips_net,
+    )
+    try:
+        checkpoint = find_checkpoint(args.run, args.checkpoint)
+        print(f"evaluating {checkpoint}", file=sys.stderr)
+        evaluate(checkpoint, protocol, overrides, wandb=not args.no_wandb)
+    except (EvalError, ConfigError, CheckpointError, DataError) as err:
+        print(f"nca eval: error: {err}", file=sys.stderr)
+        sys.exit(2)

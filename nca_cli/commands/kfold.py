@@ -1,0 +1,179 @@
+"""``nca kfold``: k-fold cross-validation; every fold is a normal training run.
+
+Folds run as a Hydra multirun of the training app (sequential by default, in parallel with
+``hydra/launcher=joblib``), each into ``<kfold dir>/fold_<i>/`` with a fresh model,
+optimiser, scheduler and pool. Re-running on the same folder skips finished folds and
+continues interrupted ones from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  nca kfold task=shapes k=5
+  nca kfold task=medmnist dataset.name=pneumoniamnist k=5 perception=dilated fire_rate=0.3
+  nca kfold task=kvasir k=5 hydra/launcher=joblib     folds in parallel
+  nca kfold dir=outputs/kfold/<run>                    resume: finished folds are skipped
+  nca kfold task=shapes splits=outputs/kfold/<run>/folds.json   reuse a saved split
+
+Every other key=value token is a training override (as for `nca train`)."""
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="nca kfold",
+        description="K-fold cross-validation: train one run per fold and report the mean "
+        "and standard deviation of every metric over the folds.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", help="k=N, splits=FILE, dir=DIR and overrides")
+    args = parser.parse_args(argv)
+    special: dict[str, str] = {}
+    overrides = []
+    for token in args.overrides:
+        key, sep, value = token.partition("=")
+        if sep and key in ("k", "splits", "dir"):
+            special[key] = value
+        else:
+            overrides.append(token)
+    try:
+        args.k = int(special.get("k", "5"))
+    except ValueError:
+        parser.error(f"k must be an integer, got {special['k']!r}")
+    args.splits = Path(special["splits"]) if "splits" in special else None
+    args.dir = Path(special["dir"]) if "dir" in special else None
+    return args, overrides
+
+
+def prepare(
+    overrides: list[str], k: int, folder: Path, splits: Path | None
+) -> tuple[list[Path], dict[str, Any]]:
+    """Write the fold files into ``folder`` (reusing ``folds.json`` when it exists)."""
+    from nca_cli.config import ConfigError, compose, parse_run_config
+    from nca_cli.crossval import FOLDS_FILE, load_folds, make_folds, write_folds
+    from nca_cli.tasks import task_class
+
+    config = compose([o for o in overrides if not o.startswith(("hydra", "+hydra"))])
+    run = parse_run_config(config)
+    task = task_class(str(run.task.get("name")))(run)
+    if task.splits is None:
+        raise ConfigError(f"task {task.config.name!r} has no data to split into folds")
+    pool = sorted(task.splits["train"] + task.splits["val"])
+    saved = folder / FOLDS_FILE
+    if saved.is_file():
+        folds = load_folds(saved, set(pool))
+    elif splits is not None:
+        folds = load_folds(splits, set(pool) | set(task.splits.get("test", [])))
+    else:
+        folds = make_folds(pool, k, run.seed, task.case_labels(pool))
+    if len(folds) != k:
+        raise ConfigError(f"invalid value for 'k': {k}; the fold file holds {len(folds)} folds")
+    return write_folds(folder, folds, task.splits.get("test", [])), config
+
+
+def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
+    """summary.json, a console table, a plot of per-fold metrics, and a W&B summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nca_cli.crossval import summarize
+
+    summary = summarize(folder, k)
+    table = Table(title=f"{k}-fold cross-validation: {folder}")
+    table.add_column("metric")
+    for i in range(k):
+        table.add_column(f"fold {i}", justify="right")
+    table.add_column("mean ± std", justify="right")
+    for name, m in summary["metrics"].items():
+        cells = [f"{v:.4g}" for v in m["values"]]
+        table.add_row(name, *cells, f"{m['mean']:.4g} ± {m['std']:.2g}")
+    Console().print(table)
+    plot(folder / "folds.png", summary)
+    log_summary(folder, summary, config)
+    return summary
+
+
+def plot(path: Path, summary: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in summary["metrics"] if n not in ("iteration", "seconds")][:8]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        m = summary["metrics"][name]
+        ax.bar(range(len(m["values"])), m["values"], color="tab:blue")
+        ax.axhline(m["mean"], color="tab:red", label="mean")
+        ax.set_title(f"{name}\n{m['mean']:.3g} ± {m['std']:.2g}", fontsize=9)
+        ax.set_xlabel("fold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def log_summary(folder: Path, summary: dict[str, Any], config: dict[str, Any]) -> None:
+    logger = config.get("logger", {})
+    if logger.get("name") != "wandb":
+        return
+    os.environ.setdefault("WANDB_X_DISABLE_STATS", "true")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    run = wandb.init(
+        project=logger.get("project", "nca"),
+        entity=logger.get("entity"),
+        group=f"kfold-{folder.name}",
+        job_type="kfold-summary",
+        mode=logger.get("mode", "offline"),
+        dir=str(folder),
+        name=f"{folder.name}-summary",
+        config={"k": summary["k"]},
+    )
+    for name, m in summary["metrics"].items():
+        run.summary[f"{name}/mean"] = m["mean"]
+        run.summary[f"{name}/std"] = m["std"]
+    run.finish()
+
+
+def main(argv: list[str]) -> None:
+    from nca_cli.config import ConfigError
+    from nca_cli.datasets.storage import DataError
+
+    args, overrides = parse_args(argv)
+    root = Path(os.environ.get("NCA_OUTPUT_DIR", "outputs"))
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    folder = args.dir or root / "kfold" / stamp
+    try:
+        if args.dir is not None and not (args.dir / "folds.json").is_file():
+            raise ConfigError(f"invalid value for 'dir': {args.dir} holds no folds.json")
+        folder.mkdir(parents=True, exist_ok=True)
+        paths, config = prepare(overrides, args.k, folder, args.splits)
+    except (ConfigError, DataError) as err:
+        print(f"nca kfold: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"nca kfold: {args.k} folds in {folder}")
+    from nca_cli.commands import train
+
+    sys.argv = [
+        "nca kfold",
+        "-m",
+        f"dataset.splits={','.join(str(p) for p in paths)}",
+        f"hydra.sweep.dir={folder}",
+        "hydra.sweep.subdir=fold_${hydra.job.num}",
+        f"logger.group=kfold-{folder.name}",
+        *overrides,
+    ]
+    train.app()
+    try:
+        report(folder, args.k, config)
+    except DataError as err:
+        print(f"nca kfold: error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,92 @@
+"""K-fold cross-validation: fold splits, per-fold split files and the summary.
+
+Folds are drawn over the task's train and validation cases with scikit-learn's ``KFold``
+(``StratifiedKFold`` for classification tasks); the test split stays out of every fold.
+``folds.json`` has nnU-Net's layout, a list of ``{"train": [...], "val": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from nca_cli.atomic import write_text_atomic
+from nca_cli.datasets.splits import Split, check_disjoint
+from nca_cli.datasets.storage import DataError
+
+Folds = list[dict[str, list[str]]]
+FOLDS_FILE = "folds.json"
+SUMMARY_FILE = "summary.json"
+
+
+def make_folds(ids: list[str], k: int, seed: int, labels: list[int] | None = None) -> Folds:
+    """``k`` disjoint validation folds covering ``ids``, stratified when labels are given."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if k < 2 or k > len(ids):
+        raise DataError(f"k={k} folds need 2 <= k <= the number of cases ({len(ids)})")
+    if labels is not None:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        parts = splitter.split(ids, labels)
+    else:
+        parts = KFold(n_splits=k, shuffle=True, random_state=seed).split(ids)
+    return [
+        {"train": sorted(ids[i] for i in train), "val": sorted(ids[i] for i in val)}
+        for train, val in parts
+    ]
+
+
+def load_folds(path: Path, known: set[str]) -> Folds:
+    """Read a saved or hand-written fold file, checking every fold."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read fold file {path}: {err}") from None
+    if not isinstance(raw, list) or not raw:
+        raise DataError(f"fold file {path} must be a list of {{train: [...], val: [...]}}")
+    folds: Folds = []
+    for i, fold in enumerate(raw):
+        if not isinstance(fold, dict) or not fold.get("train") or not fold.get("val"):
+            raise DataError(f"fold {i} of {path} needs non-empty train and val lists")
+        split = {"train": [str(c) for c in fold["train"]], "val": [str(c) for c in fold["val"]]}
+        unknown = sorted((set(split["train"]) | set(split["val"])) - known)
+        if unknown:
+            raise DataError(f"fold {i} of {path} names unknown cases: {', '.join(unknown[:5])}")
+        check_disjoint(split, f"fold {i} of {path}")
+        folds.append(split)
+    return folds
+
+
+def write_folds(folder: Path, folds: Folds, test: list[str]) -> list[Path]:
+    """``folds.json`` and one split file per fold (its train/val plus the common test)."""
+    write_text_atomic(folder / FOLDS_FILE, json.dumps(folds, indent=1) + "\n")
+    paths = []
+    for i, fold in enumerate(folds):
+        split: Split = {"train": fold["train"], "val": fold["val"], "test": list(test)}
+        check_disjoint(split, f"fold {i}")
+        path = folder / f"fold_{i}.json"
+        write_text_atomic(path, json.dumps(split, indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
+def summarize(folder: Path, k: int) -> dict[str, Any]:
+    """Per-fold values, mean and sample standard deviation of every metric."""
+    folds = []
+    for i in range(k):
+        path = folder / f"fold_{i}" / "metrics.json"
+        if not path.is_file():
+            raise DataError(f"fold {i} has not finished: {path} is missing")
+        folds.append(json.loads(path.read_text()))
+    names = [n for n in folds[0] if all(isinstance(f.get(n), int | float) for f in folds)]
+    metrics = {}
+    for name in names:
+        values = [float(f[name]) for f in folds]
+        mean = sum(values) / k
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else 0.0
+        metrics[name] = {"values": values, "mean": mean, "std": std}
+    summary = {"k": k, "std": "sample standard deviation (ddof=1)", "metrics": metrics}
+    write_text_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,1 @@
+"""Data sets: real loaders for the published files, verified downloads, seeded splits."""

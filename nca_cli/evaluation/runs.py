@@ -1,0 +1,93 @@
+"""Find a training run and rebuild its task and model for evaluation, without the pool,
+optimiser or logger that resuming it would allocate."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nca_cli.config import RunConfig, apply_overrides, parse_run_config
+from nca_cli.engine.cascade import CascadeNCA, build_model
+from nca_cli.engine.nca import NCA
+from nca_cli.evaluation import EvalError
+from nca_cli.tasks import task_class
+from nca_cli.tasks.base import Task
+from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+
+def train_root() -> Path:
+    """Where ``nca train`` puts its runs: ``$NCA_OUTPUT_DIR/train`` (default ``outputs``)."""
+    return Path(os.environ.get("NCA_OUTPUT_DIR") or "outputs") / "train"
+
+
+def find_checkpoint(run: Path | None = None, checkpoint: Path | None = None) -> Path:
+    """The checkpoint to evaluate: ``checkpoint``, the one in ``run``, or the most recent
+    run (by its timestamped folder name) under :func:`train_root` that has one."""
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise EvalError(f"no checkpoint file at {checkpoint}")
+        return checkpoint
+    if run is not None:
+        if not run.is_dir():
+            raise EvalError(f"{run} is not a run folder (no such directory)")
+        if not (run / CHECKPOINT_NAME).is_file():
+            raise EvalError(
+                f"{run} holds no {CHECKPOINT_NAME}: it is not a training run folder, or the "
+                "run stopped before its first checkpoint"
+            )
+        return run / CHECKPOINT_NAME
+    root = train_root()
+    runs = sorted(p.parent for p in root.glob(f"*/{CHECKPOINT_NAME}")) if root.is_dir() else []
+    if not runs:
+        raise EvalError(
+            f"no training run with a checkpoint under {root}: train one with `nca train`, "
+            "or pass --run DIR or --checkpoint FILE (NCA_OUTPUT_DIR moves the root)"
+        )
+    return runs[-1] / CHECKPOINT_NAME
+
+
+@dataclass
+class LoadedRun:
+    path: Path  # the checkpoint
+    config: dict[str, Any]  # its config with the overrides applied
+    run: RunConfig
+    task: Task
+    nca: NCA | CascadeNCA
+    iteration: int
+    wandb_id: str | None
+
+
+def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
+    """Rebuild the task and model saved in ``checkpoint``; ``overrides`` (``key=value``)
+    change the saved config, e.g. ``fire_rate=0.3`` or ``device=cuda``."""
+    payload = load_checkpoint(checkpoint)
+    saved = payload.get("config")
+    if not isinstance(saved, dict) or not isinstance(payload.get("model"), dict):
+        raise EvalError(f"{checkpoint} holds no config or model: not an nca training checkpoint")
+    config = apply_overrides(saved, list(overrides), f"the run of {checkpoint}")
+    run = parse_run_config(config)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    task = task_class(str(run.task.get("name", "")))(run)
+    nca = build_model(run.model, run.perception, task.layout, task.alive_channel)
+    try:
+        nca.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise EvalError(
+            f"the weights in {checkpoint} do not fit the model its config builds ({first}); "
+            "did an override change the architecture?"
+        ) from None
+    return LoadedRun(
+        checkpoint,
+        config,
+        run,
+        task,
+        nca.to(run.device).eval(),
+        int(payload.get("iteration", 0)),
+        payload.get("wandb_id"),
+    )

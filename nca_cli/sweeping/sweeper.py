@@ -1,0 +1,522 @@
+"""The Optuna sweeper: asks the study for trials, launches them through the configured
+Hydra launcher (in this process, ``joblib`` for local parallel jobs, ``submitit_slurm`` for
+a cluster), and tells the study how each one ended.
+
+A trial is an ordinary training run in ``<sweep dir>/<trial number>/``; its job receives
+``hydra.sweeper.trial`` so that it can report intermediate values (and be pruned) itself.
+A trial that raises, diverges, returns no objective or whose worker dies is recorded as
+failed with its error, and the sweep goes on. Grids are searched in order, skipping points
+that are done, so running a grid again resumes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import shlex
+import sys
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from nca_cli.config import ConfigError
+from nca_cli.sweeping.space import Dimension, format_value, split_arguments
+from nca_cli.sweeping.study import (
+    DIRECTIONS,
+    PRUNERS,
+    SAMPLERS,
+    create_study,
+    make_pruner,
+    masked,
+    objective_value,
+    storage_url,
+    write_study_file,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("nca.sweep")
+
+DEFAULT_TRIALS = 20
+
+
+class OptunaSweeper(Sweeper):
+    """Hydra sweeper over an Optuna study; see :class:`~nca_cli.sweeping.config.SweeperConf`."""
+
+    def __init__(
+        self,
+        *,
+        study_name: str | None = None,
+        storage: str | None = None,
+        metric: str | None = None,
+        direction: str | None = None,
+        intermediate: str = "loss",
+        intermediate_direction: str = "minimize",
+        sampler: str = "auto",
+        pruner: Any = None,
+        n_trials: int | None = None,
+        n_jobs: int | None = None,
+        seed: int | None = None,
+        heartbeat: int = 60,
+        params: Any = None,
+        trial: int | None = None,
+    ) -> None:
+        self.study_name = study_name
+        self.storage = storage
+        self.metric = metric or ""
+        self.direction = direction or ""
+        self.intermediate = intermediate
+        self.intermediate_direction = intermediate_direction
+        self.sampler = sampler
+        pruner = pruner or {}
+        self.pruner = (
+            str(pruner.get("name", "median")),
+            int(pruner.get("startup_trials", 4)),
+            int(pruner.get("warmup_steps", 0)),
+        )
+        self.n_trials = n_trials
+        self.n_jobs = n_jobs
+        self.seed = seed
+        self.heartbeat = heartbeat
+        self.params: dict[str, Any] = (
+            OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})  # type: ignore[assignment]
+        )
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher: Any = None
+        self.sweep_dir = Path(".")
+        self.job_idx = 0
+        self.launch_error = ""
+        self.tried: set[tuple[Any, ...]] = set()  # grid points asked by this invocation
+
+    # -- Hydra's interface ---------------------------------------------------------------
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.hydra_context = hydra_context
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        chosen = any(str(o).startswith("hydra.sweep.dir=") for o in config.hydra.overrides.hydra)
+        if self.study_name and not chosen:
+            sweep_dir = sweep_dir.parent / self.study_name  # named studies resume in place
+        self.study_name = self.study_name or sweep_dir.name
+        self.sweep_dir = sweep_dir
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = str(sweep_dir)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        try:
+            return self._sweep(arguments)
+        except ConfigError as err:
+            print(f"nca sweep: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _sweep(self, arguments: list[str]) -> list[JobReturn]:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Trials are asked here and beat from here while Hydra's launcher runs them.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        assert self.config is not None and self.study_name
+        dims, fixed = split_arguments(self.params, arguments)
+        if not dims:
+            raise ConfigError(
+                "nothing to search: give values to try (fire_rate=0.3,0.5,0.7, "
+                "lr='tag(log, interval(1e-4, 1e-2))') or a preset (search=<name>)"
+            )
+        task_metric, task_direction = self._check_composes(dims, fixed)
+        if not self.direction and self.metric not in ("", task_metric):
+            raise ConfigError(
+                f"give the direction of metric {self.metric!r}: direction=minimize or "
+                "direction=maximize (only the task's own objective has a default)"
+            )
+        self.metric = self.metric or task_metric
+        self.direction = self.direction or task_direction
+        self._check_settings()
+        grid = self.sampler == "grid" or (
+            self.sampler == "auto" and all(d.grid is not None for d in dims)
+        )
+        if grid and any(d.grid is None for d in dims):
+            names = ", ".join(d.name for d in dims if d.grid is None)
+            raise ConfigError(
+                f"sampler=grid needs finite dimensions (choice or range); {names} "
+                "is an interval: use sampler=tpe or sampler=random"
+            )
+        url = storage_url(self.storage, self.sweep_dir)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        study, storage = create_study(
+            url,
+            self.study_name,
+            self.direction,
+            sampler=None,
+            pruner=make_pruner(*self.pruner),
+            heartbeat=self.heartbeat,
+        )
+        if self.heartbeat > 0:  # trials of a killed sweep on this study: failed
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        seed = self._sampler_seed(study)
+        study.sampler = self._make_sampler(grid, seed)
+        study.set_user_attr("metric", self.metric)
+        write_study_file(
+            self.sweep_dir,
+            {
+                "study_name": self.study_name,
+                "storage": masked(url),
+                "metric": self.metric,
+                "direction": self.direction,
+            },
+        )
+        parallel = self._parallelism()
+        names = [d.name for d in dims]
+        print(
+            f"nca sweep: study {self.study_name!r} ({'grid' if grid else self._sampler_name()}, "
+            f"sampler seed {seed}) over {', '.join(names)}; {self.direction} {self.metric}; "
+            f"storage {masked(url)}; {parallel} trial(s) at a time; trials in {self.sweep_dir}"
+        )
+        if grid:
+            points = list(itertools.product(*(d.values for d in dims)))
+            budget = len(points) if self.n_trials is None else self.n_trials
+        else:
+            points = []
+            budget = DEFAULT_TRIALS if self.n_trials is None else self.n_trials
+
+        returns: list[JobReturn] = []
+        ran = completed = 0
+        try:
+            while ran < budget:
+                batch = self._ask(study, dims, fixed, points, min(parallel, budget - ran))
+                if not batch:
+                    break
+                results = self._launch(study, storage, batch)
+                if results is None:  # the launcher failed: judge each trial from its folder
+                    completed += sum(self._recover(study, trial) for trial, _ in batch)
+                else:
+                    for (trial, _), result in zip(batch, results, strict=True):
+                        completed += self._tell(study, trial, result)
+                    returns.extend(results)
+                ran += len(batch)
+                self._write_table(study)
+        except KeyboardInterrupt:
+            self._write_table(study)
+            print(f"nca sweep: interrupted; resume with:\n  {self._again()}", file=sys.stderr)
+            sys.exit(130)
+        self._finish(study, ran, completed, grid, points)
+        return returns
+
+    def _check_settings(self) -> None:
+        from nca_cli.config import choice
+
+        choice(self.sampler, list(SAMPLERS), "hydra.sweeper.sampler")
+        choice(self.direction, list(DIRECTIONS), "hydra.sweeper.direction")
+        choice(
+            self.intermediate_direction, list(DIRECTIONS), "hydra.sweeper.intermediate_direction"
+        )
+        choice(self.pruner[0], list(PRUNERS), "hydra.sweeper.pruner.name")
+        for key, value in (("n_trials", self.n_trials), ("n_jobs", self.n_jobs)):
+            if value is not None and value < (0 if key == "n_trials" else 1):
+                raise ConfigError(f"invalid value for 'hydra.sweeper.{key}': {value}")
+
+    def _check_composes(self, dims: Sequence[Dimension], fixed: list[str]) -> tuple[str, str]:
+        """Fail before any trial on a typo: the fixed overrides must give a valid training
+        config, and every searched key (each choice, each end of an interval) must compose.
+        Returns the task's objective (metric, direction), the default of the search."""
+        from hydra.errors import HydraException
+
+        from nca_cli.config import parse_run_config
+        from nca_cli.tasks import task_class
+
+        assert self.hydra_context is not None and self.config is not None
+        loader = self.hydra_context.config_loader
+        try:
+            base = loader.load_sweep_config(self.config, list(fixed))
+            with read_write(base), open_dict(base):
+                del base["hydra"]
+            run = parse_run_config(OmegaConf.to_container(base, resolve=True))  # type: ignore[arg-type]
+            objective = task_class(str(run.task.get("name", ""))).objective
+            for dim in dims:
+                ends = dim.values if dim.kind == "choice" else (dim.values[0], dim.values[-1])
+                for value in ends:
+                    loader.load_sweep_config(self.config, [*fixed, dim.override(value)])
+        except HydraException as err:
+            raise ConfigError(str(err).strip().splitlines()[0]) from None
+        return objective
+
+    def _sampler_seed(self, study: optuna.Study) -> int:
+        """A new seed per invocation, so a resumed study does not repeat its start-up
+        points: the configured seed plus the trials already in the study, or random."""
+        if self.seed is None:
+            return secrets.randbelow(2**31)
+        return self.seed + len(study.trials)
+
+    def _sampler_name(self) -> str:
+        return "tpe" if self.sampler == "auto" else self.sampler
+
+    def _make_sampler(self, grid: bool, seed: int) -> optuna.samplers.BaseSampler:
+        import optuna
+
+        if grid or self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)  # a grid enqueues its points
+        with warnings.catch_warnings():  # constant_liar: parallel trials spread out
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+    def _parallelism(self) -> int:
+        if self.n_jobs is not None:
+            return self.n_jobs
+        assert self.config is not None
+        launcher = self.config.hydra.launcher
+        jobs = launcher.get("n_jobs", None)
+        if jobs is not None:
+            jobs = int(jobs)
+            return (os.cpu_count() or 1) if jobs < 0 else max(jobs, 1)
+        return int(launcher.get("array_parallelism", None) or 1)
+
+    def _job_overrides(self, number: int, parallel: int, fixed: list[str]) -> list[str]:
+        """What every job gets besides its parameters: its folder, its trial, the W&B group
+        and, for local parallel jobs, a share of the CPU threads."""
+        assert self.config is not None
+        keys = {line.split("=", 1)[0].lstrip("+~") for line in fixed}
+        extra = [
+            f"hydra.sweep.dir={format_value(str(self.sweep_dir))}",
+            f"hydra.sweep.subdir={number}",
+            f"hydra.sweeper.study_name={format_value(self.study_name)}",
+            f"hydra.sweeper.trial={number}",
+        ]
+        if "logger.group" not in keys:
+            extra.append(f"logger.group={format_value(self.study_name)}")
+        local = self.config.hydra.launcher.get("n_jobs", None) is not None
+        if local and parallel > 1 and "threads" not in keys:
+            extra.append(f"threads={max(1, (os.cpu_count() or 1) // parallel)}")
+        return extra
+
+    def _ask(
+        self,
+        study: optuna.Study,
+        dims: Sequence[Dimension],
+        fixed: list[str],
+        points: list[tuple[Any, ...]],
+        count: int,
+    ) -> list[tuple[optuna.Trial, list[str]]]:
+        """Up to ``count`` new trials with their overrides; on a grid, the next points that
+        no trial has finished or is running (points that failed before are tried again, once
+        per invocation)."""
+        from hydra.errors import HydraException
+
+        assert self.hydra_context is not None and self.config is not None
+        grid = bool(points)
+        distributions = {d.name: d.distribution(grid) for d in dims}
+        batch: list[tuple[optuna.Trial, list[str]]] = []
+        for _ in range(count):
+            if grid:
+                point = self._next_point(study, dims, points, self.tried)
+                if point is None:
+                    break
+                self.tried.add(point)
+                study.enqueue_trial(dict(zip(distributions, point, strict=True)))
+            trial = study.ask(distributions)
+            trial.set_user_attr("run_dir", str((self.sweep_dir / str(trial.number)).resolve()))
+            overrides = [
+                *fixed,
+                *(d.override(trial.params[d.name]) for d in dims),
+                *self._job_overrides(trial.number, count, fixed),
+            ]
+            try:
+                self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            except HydraException as err:
+                self._fail(study, trial, f"the config does not compose: {err}")
+                continue
+            params = " ".join(d.override(trial.params[d.name]) for d in dims)
+            print(f"[trial {trial.number}] {params}")
+            batch.append((trial, overrides))
+        return batch
+
+    @staticmethod
+    def _next_point(
+        study: optuna.Study,
+        dims: Sequence[Dimension],
+        points: list[tuple[Any, ...]],
+        tried: set[tuple[Any, ...]],
+    ) -> tuple[Any, ...] | None:
+        from optuna.trial import TrialState
+
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        taken = set(tried)
+        for trial in study.get_trials(deepcopy=False, states=states):
+            if all(d.name in trial.params for d in dims):
+                taken.add(tuple(trial.params[d.name] for d in dims))
+        return next((p for p in points if p not in taken), None)
+
+    def _launch(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.RDBStorage,
+        batch: list[tuple[optuna.Trial, list[str]]],
+    ) -> list[JobReturn] | None:
+        """Run the batch: its results, or None when the launcher itself failed (a killed
+        worker). Ctrl-C marks the batch failed before stopping."""
+        assert self.config is not None
+        study_id = storage.get_study_id_from_name(study.study_name)
+        ids = [
+            storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t, _ in batch
+        ]
+        try:
+            with _heartbeats(storage, ids, self.heartbeat):
+                results = list(
+                    self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+                )
+        except KeyboardInterrupt:
+            for trial, _ in batch:
+                self._fail(study, trial, "interrupted (Ctrl-C)")
+            raise
+        except Exception as err:
+            print(f"nca sweep: the launcher failed: {type(err).__name__}: {err}", file=sys.stderr)
+            self.launch_error = f"{type(err).__name__}: {err}"
+            return None
+        finally:
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            self.job_idx += len(batch)
+        return results
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> int:
+        """Record how a trial ended; 1 when it completed."""
+        import optuna
+        from optuna.trial import TrialState
+
+        from nca_cli.training.trainer import Interrupted
+
+        value = result._return_value
+        if result.status == JobStatus.COMPLETED:
+            try:
+                objective = objective_value(value, self.metric)
+            except (TypeError, ValueError) as err:
+                self._fail(study, trial, str(err))
+                return 0
+            trial.set_user_attr("metrics", _numbers(value))
+            study.tell(trial, objective)
+            print(f"[trial {trial.number}] complete: {self.metric} {objective:.6g}")
+            return 1
+        if isinstance(value, optuna.TrialPruned):
+            study.tell(trial, state=TrialState.PRUNED)
+            print(f"[trial {trial.number}] pruned: {value}")
+            return 0
+        self._fail(study, trial, f"{type(value).__name__}: {value}")
+        if isinstance(value, Interrupted):  # Ctrl-C inside an in-process trial
+            raise KeyboardInterrupt
+        return 0
+
+    def _fail(self, study: optuna.Study, trial: optuna.Trial, error: str) -> None:
+        from optuna.trial import TrialState
+
+        error = " ".join(error.split())  # one line; tracebacks are in the trial's error.txt
+        error = error if len(error) <= 300 else error[:299] + "…"
+        trial.set_user_attr("error", error)
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"[trial {trial.number}] failed: {error}", file=sys.stderr)
+
+    def _recover(self, study: optuna.Study, trial: optuna.Trial) -> int:
+        """A trial whose job result was lost counts as complete if its run finished (its
+        folder holds the final metrics); 1 when it did."""
+        import json
+
+        path = self.sweep_dir / str(trial.number) / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())
+            objective = objective_value(metrics, self.metric)
+        except (OSError, ValueError):
+            self._fail(study, trial, self.launch_error)
+            return 0
+        trial.set_user_attr("metrics", _numbers(metrics))
+        study.tell(trial, objective)
+        print(f"[trial {trial.number}] complete (from its folder): {self.metric} {objective:.6g}")
+        return 1
+
+    def _again(self) -> str:
+        """The command that resumes this study."""
+        again = [_shorthand(a) for a in sys.argv[1:] if a not in ("-m", "--multirun")]
+        if not any(a.startswith("study=") for a in again):
+            again.append(f"study={self.study_name}")
+        return "nca sweep " + " ".join(shlex.quote(a) for a in again)
+
+    def _write_table(self, study: optuna.Study) -> None:
+        from nca_cli.sweeping.summary import write_csv
+
+        write_csv(study, self.sweep_dir / "trials.csv", self.metric)
+
+    def _finish(
+        self, study: optuna.Study, ran: int, completed: int, grid: bool, points: list[Any]
+    ) -> None:
+        from nca_cli.sweeping.summary import summarize
+
+        if ran == 0 and grid:
+            print(f"nca sweep: nothing left to run: the {len(points)} grid points are done")
+        summarize(study, self.sweep_dir, self.metric)
+        print(f"add trials to this study (or resume it) with:\n  {self._again()}")
+        if ran and not completed:
+            print(f"nca sweep: none of the {ran} trials completed", file=sys.stderr)
+            sys.exit(1)
+
+
+def _shorthand(arg: str) -> str:
+    """``hydra.sweeper.n_trials=4`` as ``nca sweep`` takes it: ``n_trials=4``."""
+    from nca_cli.sweeping.config import ALIASES
+
+    key, sep, value = arg.partition("=")
+    short = {v: k for k, v in ALIASES.items()}
+    return f"{short[key]}={value}" if sep and key in short else arg
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+@contextmanager
+def _heartbeats(
+    storage: optuna.storages.RDBStorage, trial_ids: list[int], interval: int
+) -> Iterator[None]:
+    """Beat for the running trials, so that a sweep killed with its trials leaves them to be
+    marked failed (not running for ever) by the next sweep on the study."""
+    if interval <= 0:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial_id in trial_ids:
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception as err:  # a storage hiccup must not stop the sweep
+                    log.warning("heartbeat failed: %s", err)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="nca-sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,1 @@
+"""Search presets of ``nca sweep search=<name>`` (installed as ``nca_cli.sweeps``)."""

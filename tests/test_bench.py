@@ -1,0 +1,106 @@
+"""``nca bench``: its case list, its FLOP count and its JSON output (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nca_cli.commands.bench import build_model, count_flops, load_cases
+from nca_cli.config import ConfigError
+
+KEYS = (
+    "case",
+    "s_per_iter",
+    "cell_updates_per_s",
+    "peak_rss_mb",
+    "matmul_gflops",
+    "fraction_of_matmul",
+    "infer_cell_updates_per_s",
+    "threads",
+    "params",
+)
+
+
+def nca(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nca_cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_shipped_cases_build_the_published_models() -> None:
+    cases = load_cases(None)
+    assert {"growing", "growing-dilated", "mnist", "segmentation"} <= set(cases)
+    counts = {
+        name: sum(p.numel() for p in build_model(name, c).parameters()) for name, c in cases.items()
+    }
+    assert counts["growing"] == 8336 and counts["mnist"] == 22499
+    growing = cases["growing"]
+    assert (growing.batch, growing.steps, growing.grid, growing.fire_rate) == (8, 64, [48, 48], 0.5)
+    assert cases["growing-dilated"].perception["kind"] == "multi"
+    # The arithmetic of one growing iteration, as the performance issue counts it: ~61 GFLOP.
+    train, infer = count_flops(build_model("growing", growing))
+    gflop = train * 8 * 48 * 48 * 64 / 1e9
+    assert 58 < gflop < 62 and infer < train / 2.5
+
+
+def test_bad_case_files_name_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cases:\n  x: {chanels: 16}\n")
+    with pytest.raises(ConfigError, match="chanels"):
+        load_cases(bad)
+    bad.write_text("cases:\n  x: {params: 5}\n")
+    with pytest.raises(ConfigError, match="8336 parameters"):
+        build_model("x", load_cases(bad)["x"])
+    with pytest.raises(ConfigError, match="not a file"):
+        load_cases(tmp_path / "missing.yaml")
+
+
+def test_bench_json_on_a_tiny_case(tmp_path: Path) -> None:
+    cases = tmp_path / "tiny.yaml"
+    cases.write_text(
+        "cases:\n"
+        "  tiny: {grid: [8, 8], batch: 2, steps: 2}\n"
+        "  tiny-mnist: {grid: [8, 8], batch: 2, steps: 2, channels: 20, inputs: 1,\n"
+        "    visible: 10, alpha: null, alive_mask: false, hidden: [80],\n"
+        "    perception: {kind: conv, features: 80, activation: relu}, update_noise: 0.02}\n"
+    )
+    out = nca(
+        "bench",
+        "--case-file",
+        str(cases),
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+        str(tmp_path / "bench.json"),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "tiny" in out.stdout and "matmul" in out.stdout
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["case"] for r in rows] == ["tiny", "tiny-mnist"]
+    for row in rows:
+        for key in KEYS:
+            assert key in row, key
+        assert row["s_per_iter"] > 0 and row["peak_rss_mb"] > 0 and row["threads"] == 1
+        assert 0 < row["fraction_of_matmul"] == pytest.approx(row["gflops"] / row["matmul_gflops"])
+
+
+def test_bench_help_and_errors(tmp_path: Path) -> None:
+    out = nca("bench", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for flag in ("--cases", "--case-file", "--iters", "--warmup", "--threads", "--json"):
+        assert flag in out.stdout
+    bad = nca("bench", "--cases", "nope", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown case" in bad.stderr and "growing" in bad.stderr

@@ -1,0 +1,180 @@
+"""The fused NCA step against the plain reference step: same values, same gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nca_cli.config import ModelConfig
+from nca_cli.engine.layout import ChannelLayout
+from nca_cli.engine.nca import NCA, build_nca
+from nca_cli.engine.perception import build_perception
+
+CONV3 = {"kind": "conv", "kernel_size": 3}
+PERCEPTIONS: dict[str, dict[str, Any]] = {
+    "sobel": {"kind": "sobel"},
+    "conv": CONV3,
+    "dilated": {
+        "kind": "multi",
+        "components": [CONV3, {"kind": "conv", "kernel_size": 5, "dilation": 2}],
+    },
+    "multi": {"kind": "multi", "components": [{"kind": "sobel", "laplacian": True}, CONV3]},
+    "residual": {"kind": "residual", "kernel_size": 3, "depthwise": True, "features": 16},
+}
+
+
+def make_nca(
+    perception: dict[str, Any],
+    *,
+    fire_rate: float = 0.5,
+    alive: bool = True,
+    fixed: int = 0,
+    **model: Any,
+) -> NCA:
+    layout = ChannelLayout(8, inputs=fixed, visible=4, alpha=3)
+    cfg = ModelConfig(
+        hidden=model.pop("hidden", [32]),
+        fire_rate=fire_rate,
+        alive_mask=alive,
+        zero_init=False,
+        **model,
+    )
+    torch.manual_seed(0)
+    return build_nca(cfg, perception, layout, layout.alpha_channel).double()
+
+
+def state(batch: int = 2, height: int = 9, width: int = 7, dead: float = 0.6) -> Tensor:
+    """A random state in which a ``dead`` fraction of cells has alpha 0."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((batch, 8, height, width), generator=g, dtype=torch.float64) - 0.2
+    alpha = x[:, 3]
+    alpha[torch.rand(alpha.shape, generator=g, dtype=torch.float64) < dead] = 0.0
+    return x
+
+
+def run(nca: NCA, x0: Tensor, steps: int, fast: bool, **rollout: Any) -> tuple[Tensor, ...]:
+    """Final state, the gradient of a fixed random functional of it wrt x0 and every param."""
+    nca.fast = fast
+    nca.zero_grad(set_to_none=True)
+    x = x0.clone().requires_grad_()
+    final, _ = nca.rollout(x, steps, torch.Generator().manual_seed(2), **rollout)
+    weights = torch.randn(final.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    (final * weights).sum().backward()
+    assert x.grad is not None
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in nca.parameters()]
+    return (final.detach(), x.grad, *grads)
+
+
+def assert_same(a: tuple[Tensor, ...], b: tuple[Tensor, ...], **tol: float) -> None:
+    assert len(a) == len(b)
+    for i, (u, v) in enumerate(zip(a, b, strict=True)):
+        torch.testing.assert_close(u, v, msg=lambda m, i=i: f"tensor {i}: {m}", **tol)
+
+
+@pytest.mark.parametrize("alive", [True, False])
+@pytest.mark.parametrize("fire_rate", [0.5, 1.0])
+@pytest.mark.parametrize("perception", list(PERCEPTIONS))
+def test_fast_step_matches_reference(perception: str, fire_rate: float, alive: bool) -> None:
+    nca = make_nca(PERCEPTIONS[perception], fire_rate=fire_rate, alive=alive)
+    x0 = state()
+    assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
+
+
+@pytest.mark.parametrize(
+    ("perception", "options"),
+    [
+        ("sobel", {"fixed": 2, "update_noise": 0.1}),
+        ("conv", {"padding": "circular"}),
+        ("multi", {"padding": "reflect", "activation": "tanh", "hidden": [16, 12]}),
+        ("sobel", {"fixed": 1, "padding": "replicate", "activation": "silu", "fire_rate": 1.0}),
+        ("residual", {"fixed": 3, "alive": False, "update_noise": 0.05}),
+    ],
+)
+def test_fast_step_matches_reference_with_options(perception: str, options: dict[str, Any]) -> None:
+    nca = make_nca(PERCEPTIONS[perception], **options)
+    x0 = state()
+    assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
+
+
+def test_fast_step_matches_reference_in_float32_and_shares_draw_noise() -> None:
+    nca = make_nca(PERCEPTIONS["sobel"], update_noise=0.02).float()
+    x = state(batch=3, height=12, width=10).float().contiguous(memory_format=torch.channels_last)
+    noise = nca.draw_noise(x, 3, torch.Generator().manual_seed(5))
+    assert noise.fire is not None and noise.update is not None
+    outs = []
+    for step in (nca.step, nca.reference_step):
+        y = x
+        with torch.no_grad():
+            for i in range(3):
+                y = step(y, noise.fire[i], noise.update[i])
+        outs.append(y)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    assert_same(run(nca, x, 6, fast=True), run(nca, x, 6, fast=False), rtol=1e-4, atol=1e-5)
+
+
+def test_dead_regions_stay_dead_and_untouched() -> None:
+    """The fused step skips cells far from life; they must still come out as zeros."""
+    nca = make_nca(PERCEPTIONS["sobel"], fire_rate=1.0)
+    x = state(height=16, width=16, dead=0.0)
+    x[..., :, 8:] = 0.0  # the right half dead, and two columns beyond the alive mask's reach
+    with torch.no_grad():
+        fast, ref = nca.step(x), nca.reference_step(x)
+    torch.testing.assert_close(fast, ref)
+    assert (fast[..., 10:] == 0).all()
+
+
+def test_gradient_checkpointing_changes_no_gradient() -> None:
+    nca = make_nca(PERCEPTIONS["dilated"], update_noise=0.01)
+    x0 = state()
+    plain = run(nca, x0, 7, fast=True)
+    for block in (2, 3, 7):
+        assert_same(run(nca, x0, 7, fast=True, checkpoint_every=block), plain, rtol=0, atol=0)
+    assert_same(run(nca, x0, 7, fast=False, checkpoint_every=3), plain)
+
+
+def test_fused_step_stores_about_one_state_per_step() -> None:
+    """The backward pass keeps the step's input, the selected rows and the alive mask only."""
+    nca = make_nca(PERCEPTIONS["sobel"], hidden=[128]).float()
+    x = state(batch=4, height=32, width=32, dead=0.0).float().requires_grad_()
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _final, _ = nca.rollout(x, 8, torch.Generator().manual_seed(0))
+    state_bytes = x.numel() * x.element_size()
+    assert sum(storages.values()) < 8 * 1.25 * state_bytes
+    nca.fast = False  # the reference keeps the features and hidden activations: 10x more
+    storages.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _final, _ = nca.rollout(x, 8, torch.Generator().manual_seed(0))
+    assert sum(storages.values()) > 8 * 5 * state_bytes
+
+
+def test_bf16_autocast_falls_back_to_the_reference_step() -> None:
+    nca = make_nca(PERCEPTIONS["sobel"]).float()
+    x = state().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = nca.rollout(x.requires_grad_(), 3, torch.Generator().manual_seed(0))
+        loss = out.float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss) and x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_depthwise_perception_matches_a_grouped_convolution(padding: str) -> None:
+    """The repeated-channel trick gives the grouped convolution's features, in any layout."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 7)
+    p = build_perception({"kind": "conv", "depthwise": True, "features": 15}, 5, padding)
+    conv = p.conv  # type: ignore[attr-defined]
+    xp = F.pad(x, (1, 1, 1, 1), mode="constant" if padding == "zeros" else padding)
+    expected = F.conv2d(xp, conv.weight, conv.bias, groups=5)
+    torch.testing.assert_close(p(x), expected)
+    torch.testing.assert_close(p(x.contiguous(memory_format=torch.channels_last)), expected)

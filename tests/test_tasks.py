@@ -1,0 +1,226 @@
+"""The real tasks: data, splits, metrics, end-to-end training, learning on shapes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.datasets.splits import random_split
+from nca_cli.datasets.storage import DataError
+from nca_cli.engine.cascade import CascadeNCA, build_model
+from nca_cli.tasks import task_class
+from nca_cli.tasks._segmentation import dice_score, iou_score
+from nca_cli.tasks.base import Task
+from nca_cli.tasks.medmnist import classification_metrics
+from nca_cli.training.trainer import train
+
+SMOKE = ["trainer=smoke", "logger=none"]
+# Each task with overrides that keep its smoke training to seconds.
+TASKS = {
+    "growing": ["task=growing"],
+    "emoji_conditional": ["task=emoji_conditional", "dataset.size=12", "dataset.padding=4"],
+    "shapes": ["task=shapes", "dataset.samples=20", "dataset.size=16"],
+    "kvasir": ["task=kvasir", "dataset.size=16", "dataset.download=false"],
+    "mnist": [
+        "task=mnist",
+        "task.evaluation.samples=8",
+        "task.evaluation.window=[2,4]",
+        "task.evaluation.final=6",
+        "trainer.steps.min=4",
+        "trainer.steps.max=4",
+        "dataset.download=false",
+    ],
+    "medmnist": [
+        "task=medmnist",
+        "dataset.name=pneumoniamnist",
+        "trainer.steps.min=4",
+        "trainer.steps.max=4",
+        "dataset.download=false",
+    ],
+}
+
+
+def make_task(*overrides: str) -> tuple[Task, dict[str, Any]]:
+    config = compose([*SMOKE, *overrides])
+    return task_class(config["task"]["name"])(parse_run_config(config)), config
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_trains_end_to_end_on_real_files(name: str, tmp_path: Path) -> None:
+    config = compose([*SMOKE, *TASKS[name]])
+    metrics = train(config, tmp_path)
+    assert metrics, name
+    assert all(np.isfinite(v) for k, v in metrics.items() if "auroc" not in k), metrics
+    assert (tmp_path / "final.png").is_file()
+    task = task_class(config["task"]["name"])(parse_run_config(config))
+    assert task.objective[0] in metrics
+    if task.splits is not None:
+        saved = json.loads((tmp_path / "splits.json").read_text())
+        assert saved == task.splits
+
+
+@pytest.mark.parametrize("name", ["shapes", "kvasir", "mnist", "medmnist"])
+def test_splits_are_disjoint_and_seeded(name: str) -> None:
+    task, _ = make_task(*TASKS[name])
+    assert task.splits is not None
+    parts = [set(task.splits[s]) for s in ("train", "val", "test")]
+    assert parts[0] and parts[1]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    again, _ = make_task(*TASKS[name])
+    assert again.splits == task.splits
+
+
+def test_official_medmnist_split_sizes() -> None:
+    task, _ = make_task(*TASKS["medmnist"])
+    assert task.splits is not None
+    assert {k: len(v) for k, v in task.splits.items()} == {
+        "train": 4708,
+        "val": 524,
+        "test": 624,
+    }
+
+
+def test_random_split_stratifies_and_reproduces() -> None:
+    ids = [f"c{i}" for i in range(200)]
+    labels = [0] * 150 + [1] * 50
+    split = random_split(ids, 0.2, 0.1, seed=3, labels=labels)
+    assert split == random_split(ids, 0.2, 0.1, seed=3, labels=labels)
+    assert split != random_split(ids, 0.2, 0.1, seed=4, labels=labels)
+    by_id = dict(zip(ids, labels, strict=True))
+    assert [by_id[c] for c in split["val"]].count(1) == 10
+    assert [by_id[c] for c in split["test"]].count(1) == 5
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(ids)
+
+
+def test_dice_and_iou_on_known_masks() -> None:
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2, :] = 1  # 8 cells
+    pred = torch.zeros(1, 1, 4, 4)
+    pred[..., :1, :] = 1  # 4 cells, all inside the target
+    assert dice_score(pred, target).item() == pytest.approx(2 * 4 / (4 + 8))
+    assert iou_score(pred, target).item() == pytest.approx(4 / 8)
+    empty = torch.zeros(1, 1, 4, 4)
+    assert dice_score(empty, empty).item() == pytest.approx(1.0)
+
+
+def test_classification_metrics_on_known_scores() -> None:
+    labels = torch.tensor([0, 0, 1, 1])
+    probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.35, 0.65], [0.2, 0.8]])
+    m = classification_metrics(probs, labels)
+    assert m["auroc"] == pytest.approx(1.0)  # every positive outranks every negative
+    assert m["accuracy"] == pytest.approx(0.75)
+    swapped = classification_metrics(torch.tensor([[0.2, 0.8], [0.9, 0.1]]), torch.tensor([0, 1]))
+    assert swapped["auroc"] == pytest.approx(0.0) and swapped["accuracy"] == 0.0
+    three = classification_metrics(torch.eye(3)[[0, 1, 2, 2]], torch.tensor([0, 1, 2, 1]))
+    assert three["accuracy"] == pytest.approx(0.75)
+    assert 0.0 < three["f1"] < 1.0
+
+
+def test_mnist_preset_is_the_published_22499_parameters() -> None:
+    task, config = make_task(*TASKS["mnist"])
+    run = parse_run_config(config)
+    nca = build_model(run.model, run.perception, task.layout, task.alive_channel)
+    assert sum(p.numel() for p in nca.parameters()) == 22499
+    assert task.layout.channels == 20 and task.layout.inputs == 1 and task.layout.visible == 10
+    assert run.model.update_noise == 0.02 and run.model.fire_rate == 0.5
+    pool = config["task"]["pool"]
+    assert (pool["size"], pool["replace"], pool["mutate"]) == (160, 4, 4)
+
+
+def test_mutations_switch_the_condition_and_keep_the_state() -> None:
+    g = torch.Generator().manual_seed(0)
+    task, _ = make_task(*TASKS["mnist"])
+    batch = task.fresh(6, g)
+    batch["state"][:, 1:] = torch.rand_like(batch["state"][:, 1:])
+    mutated = task.mutate(batch, g)
+    assert (mutated["label"] != batch["label"]).all()
+    assert torch.equal(mutated["state"][:, 1:], batch["state"][:, 1:])
+    assert not torch.equal(mutated["state"][:, :1], batch["state"][:, :1])
+
+    task, _ = make_task(*TASKS["emoji_conditional"])
+    batch = task.fresh(6, g)
+    mutated = task.mutate(batch, g)
+    cond = task.layout.condition_slice
+    assert (mutated["label"] != batch["label"]).all()
+    assert (mutated["state"][:, cond].argmax(1) == mutated["label"].view(-1, 1, 1)).all()
+    assert torch.equal(mutated["state"][:, cond.stop :], batch["state"][:, cond.stop :])
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NCA_DATA_DIR", str(tmp_path / "empty"))
+    for name, hint in (("kvasir", "Kvasir-SEG"), ("mnist", "MNIST"), ("medmnist", "npz")):
+        with pytest.raises(DataError, match=hint) as info:
+            make_task(*TASKS[name])
+        assert str(tmp_path / "empty") in str(info.value)
+
+
+def test_unpaired_or_corrupt_kvasir_files_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path
+) -> None:
+    folder = tmp_path / "Kvasir-SEG"
+    shutil.copytree(shared_data / "Kvasir-SEG", folder)
+    monkeypatch.setenv("NCA_DATA_DIR", str(tmp_path))
+    first = sorted((folder / "masks").iterdir())[0]
+    first.unlink()
+    with pytest.raises(DataError, match=f"{first.stem}.*has no mask"):
+        make_task(*TASKS["kvasir"])
+    shutil.copy(sorted((folder / "masks").iterdir())[0], first)
+    first.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="cannot read image"):
+        make_task(*TASKS["kvasir"])
+
+
+def test_cascade_model_runs_coarse_to_fine() -> None:
+    task, config = make_task(*TASKS["kvasir"], "model=cascade")
+    run = parse_run_config(config)
+    model = build_model(run.model, run.perception, task.layout, task.alive_channel)
+    assert isinstance(model, CascadeNCA) and model.scales == [4, 2, 1]
+    single = build_model(
+        parse_run_config(compose([*SMOKE, *TASKS["kvasir"]])).model,
+        run.perception,
+        task.layout,
+        task.alive_channel,
+    )
+    assert sum(p.numel() for p in model.parameters()) == 3 * sum(
+        p.numel() for p in single.parameters()
+    )
+    batch = task.fresh(2, torch.Generator())
+    for level in model.levels:  # make every level change the state
+        torch.nn.init.normal_(level.update.layers[-1].bias, std=0.1)
+    out, states = model.rollout(batch["state"], 3, torch.Generator(), trajectory=True)
+    assert out.shape == batch["state"].shape and len(states) == 9
+    assert torch.equal(out[:, :3], batch["state"][:, :3])  # the image stays fixed
+
+
+def test_bad_task_settings_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"dataset\.name"):
+        make_task("task=medmnist", "dataset.name=cifar")
+    with pytest.raises(ConfigError, match=r"model\.scales"):
+        parse_run_config(compose([*SMOKE, "model.scales=[2]"]))
+
+
+def test_shapes_validation_dice_rises_within_a_minute(tmp_path: Path) -> None:
+    config = compose(
+        [
+            "logger=none",
+            "trainer.progress=false",
+            "task=shapes",
+            "dataset.size=24",
+            "dataset.samples=200",
+            "trainer.iterations=100",
+            "trainer.steps.min=16",
+            "trainer.steps.max=20",
+            "trainer.batch_size=8",
+            "hidden=48",
+        ]
+    )
+    before = train({**config, "trainer": {**config["trainer"], "iterations": 0}}, tmp_path / "a")
+    after = train(config, tmp_path / "b")
+    assert after["dice"] > before["dice"] + 0.25, (before["dice"], after["dice"])
