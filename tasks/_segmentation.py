@@ -4,7 +4,6 @@ channel holds the mask logit, and every cell is alive (no alpha)."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nca_cli.config import ConfigError, RunConfig, require
-from nca_cli.datasets.splits import Split, load_splits, random_split
+from nca_cli.config import RunConfig, require
+from nca_cli.datasets.splits import random_split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import to_uint8
-from nca_cli.tasks.base import LossConfig, Task
+from nca_cli.tasks._cases import CaseTask
+from nca_cli.tasks.base import LossConfig
 
 
 @dataclass
@@ -73,7 +73,7 @@ def augment(images: Tensor, masks: Tensor, g: torch.Generator) -> tuple[Tensor, 
     return torch.stack(out_i), torch.stack(out_m)
 
 
-class SegmentationTask(Task):
+class SegmentationTask(CaseTask):
     """Shared by every binary segmentation data set; subclasses load the cases."""
 
     dataset_schema = SegmentationDataset
@@ -88,13 +88,11 @@ class SegmentationTask(Task):
         for key in ("val_fraction", "test_fraction"):
             value = getattr(d, key)
             require(0 <= value < 1, f"dataset.{key}", value, "a fraction in [0, 1)")
-        self.ids, self.images, self.masks = self.load_cases()
-        index = {case: i for i, case in enumerate(self.ids)}
-        if d.splits:
-            self.splits: Split = load_splits(d.splits, set(index))
-        else:
-            self.splits = random_split(self.ids, d.val_fraction, d.test_fraction, d.split_seed)
-        self.rows = {name: [index[c] for c in cases] for name, cases in self.splits.items()}
+        ids, self.images, self.masks = self.load_cases()
+        default = (
+            None if d.splits else random_split(ids, d.val_fraction, d.test_fraction, d.split_seed)
+        )
+        self.use_cases(ids, default or {}, d.splits)
 
     @abstractmethod
     def load_cases(self) -> tuple[list[str], Tensor, Tensor]:
@@ -103,30 +101,18 @@ class SegmentationTask(Task):
     def make_layout(self, channels: int) -> ChannelLayout:
         return ChannelLayout(channels=channels, inputs=3, visible=1, alpha=None)
 
-    def has_split(self, split: str) -> bool:
-        return bool(self.rows.get(split))
-
-    def _batch(self, rows: list[int]) -> Batch:
+    def batch_of(self, rows: list[int]) -> Batch:
         images, masks = self.images[rows], self.masks[rows]
         state = torch.zeros(len(rows), self.layout.channels, *images.shape[-2:])
         state[:, :3] = images
         return {"state": state, "mask": masks}
 
     def fresh(self, n: int, generator: torch.Generator) -> Batch:
-        train = self.rows["train"]
-        pick = torch.randint(0, len(train), (n,), generator=generator).tolist()
-        batch = self._batch([train[i] for i in pick])
+        batch = super().fresh(n, generator)
         if self.dataset_config.augment:
             image, mask = augment(batch["state"][:, :3], batch["mask"], generator)
             batch["state"][:, :3], batch["mask"] = image, mask
         return batch
-
-    def evaluation_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        rows = self.rows.get(split) or []
-        if not rows:
-            raise ConfigError(f"task {self.config.name!r} has no {split} cases in its split")
-        for start in range(0, len(rows), batch_size):
-            yield self._batch(rows[start : start + batch_size])
 
     def logits(self, state: Tensor) -> Tensor:
         return state[:, self.layout.visible_slice].float()

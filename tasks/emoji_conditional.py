@@ -111,6 +111,11 @@ class ConditionalEmojiTask(Task):
             part = labels[start : start + batch_size]
             yield {"state": self.seed(part), "label": part}
 
+    def eval_images(self, state: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The grown image and the emoji its condition asks for, over white."""
+        pred = rgba_to_rgb(state[:, self.layout.visible_slice].float())
+        return pred, rgba_to_rgb(self.target_of(batch, pred.device))
+
     def render(self, state: Tensor) -> np.ndarray:
         rgb = rgba_to_rgb(state[:, self.layout.visible_slice].detach().float().cpu())
         return to_uint8(rgb.permute(0, 2, 3, 1).numpy())

@@ -7,7 +7,6 @@ accuracy, AUROC and macro-F1 (scikit-learn).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +16,11 @@ from torch import Tensor
 
 from nca_cli.config import RunConfig, choice, require
 from nca_cli.datasets.arrays import MEDMNIST, Arrays, MedMNISTInfo, load_medmnist
-from nca_cli.datasets.splits import Split, load_splits
+from nca_cli.datasets.splits import Split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import to_uint8
-from nca_cli.tasks.base import Task
+from nca_cli.tasks._cases import CaseTask
 
 
 @dataclass
@@ -59,7 +58,7 @@ def classification_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
     return out
 
 
-class MedMNISTTask(Task):
+class MedMNISTTask(CaseTask):
     dataset_schema = MedMNISTDataset
     losses = ("cross_entropy",)
     objective = ("accuracy", "maximize")
@@ -72,10 +71,8 @@ class MedMNISTTask(Task):
         require(self.size >= 4, "dataset.size", self.size, "an integer >= 4 or null")
         arrays = load_medmnist(d.name, d.resolution, None, d.download)
         self.images, self.labels, ids = self._stack(arrays)
-        self.index = index = {case: i for i, case in enumerate(ids)}
         official: Split = {s: [c for c in ids if c.startswith(f"{s}/")] for s in arrays}
-        self.splits = load_splits(d.splits, set(index)) if d.splits else official
-        self.rows = {s: [index[c] for c in cases] for s, cases in self.splits.items()}
+        self.use_cases(ids, official, d.splits)
 
     def _stack(self, arrays: Arrays) -> tuple[Tensor, Tensor, list[str]]:
         images, labels, ids = [], [], []
@@ -100,26 +97,10 @@ class MedMNISTTask(Task):
             channels=channels, inputs=self.info.channels, visible=self.info.classes, alpha=None
         )
 
-    def has_split(self, split: str) -> bool:
-        return bool(self.rows.get(split))
-
-    def case_labels(self, ids: list[str]) -> list[int] | None:
-        return [int(self.labels[self.index[c]]) for c in ids]
-
-    def _batch(self, rows: list[int]) -> Batch:
+    def batch_of(self, rows: list[int]) -> Batch:
         state = torch.zeros(len(rows), self.layout.channels, self.size, self.size)
         state[:, : self.info.channels] = self.images[rows]
         return {"state": state, "label": self.labels[rows]}
-
-    def fresh(self, n: int, generator: torch.Generator) -> Batch:
-        train = self.rows["train"]
-        pick = torch.randint(0, len(train), (n,), generator=generator).tolist()
-        return self._batch([train[i] for i in pick])
-
-    def evaluation_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        rows = self.rows[split]
-        for start in range(0, len(rows), batch_size):
-            yield self._batch(rows[start : start + batch_size])
 
     def logits(self, state: Tensor) -> Tensor:
         return state[:, self.layout.visible_slice].float().mean((2, 3))

@@ -8,7 +8,6 @@ digit of another class, the state kept), which teaches cells to change their min
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,11 +17,12 @@ from torch import Tensor
 
 from nca_cli.config import RunConfig, require
 from nca_cli.datasets.arrays import load_mnist
-from nca_cli.datasets.splits import Split, load_splits, random_split
+from nca_cli.datasets.splits import Split, random_split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import to_uint8
-from nca_cli.tasks.base import Rollout, Task, TaskConfig
+from nca_cli.tasks._cases import CaseTask
+from nca_cli.tasks.base import Rollout, TaskConfig
 
 # Ten well-separated colours for the class votes.
 PALETTE = torch.tensor(
@@ -61,7 +61,7 @@ class MNISTConfig(TaskConfig):
     evaluation: ProtocolConfig = field(default_factory=ProtocolConfig)
 
 
-class MNISTTask(Task):
+class MNISTTask(CaseTask):
     config_schema = MNISTConfig
     dataset_schema = MNISTDataset
     losses = ("mse", "cross_entropy")
@@ -87,16 +87,14 @@ class MNISTTask(Task):
             labels.append(torch.from_numpy(y).long())
             ids += [f"{split}/{i}" for i in range(len(y))]
         self.images, self.labels = torch.cat(images), torch.cat(labels)
-        self.index = index = {case: i for i, case in enumerate(ids)}
-        if d.splits:
-            self.splits: Split = load_splits(d.splits, set(index))
-        else:
+        default: Split = {}
+        if not d.splits:
             train_ids = [c for c in ids if c.startswith("train/")]
             train_labels = [int(y) for y in arrays["train"][1]]
-            split = random_split(train_ids, d.val_fraction, 0.0, d.split_seed, train_labels)
-            split["test"] = [c for c in ids if c.startswith("test/")]
-            self.splits = split
-        self.rows = {s: [index[c] for c in cases] for s, cases in self.splits.items()}
+            default = random_split(train_ids, d.val_fraction, 0.0, d.split_seed, train_labels)
+            default["test"] = [c for c in ids if c.startswith("test/")]
+        self.use_cases(ids, default, d.splits)
+        self.eval_limit = self.config.evaluation.samples
         train = torch.tensor(self.rows["train"])
         self.train_by_label = [train[self.labels[train] == k] for k in range(10)]
 
@@ -107,22 +105,11 @@ class MNISTTask(Task):
     def alive_channel(self) -> int | None:
         return 0
 
-    def has_split(self, split: str) -> bool:
-        return bool(self.rows.get(split))
-
-    def case_labels(self, ids: list[str]) -> list[int] | None:
-        return [int(self.labels[self.index[c]]) for c in ids]
-
-    def _batch(self, rows: list[int] | Tensor) -> Batch:
+    def batch_of(self, rows: list[int]) -> Batch:
         images = self.images[rows]
         state = torch.zeros(len(images), self.layout.channels, *images.shape[-2:])
         state[:, :1] = images
         return {"state": state, "label": self.labels[rows]}
-
-    def fresh(self, n: int, generator: torch.Generator) -> Batch:
-        train = self.rows["train"]
-        pick = torch.randint(0, len(train), (n,), generator=generator).tolist()
-        return self._batch([train[i] for i in pick])
 
     def mutate(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Swap each input digit for one of another class; the cells' state stays."""
@@ -135,13 +122,6 @@ class MNISTTask(Task):
             state[i, :1] = self.images[row].to(state)
             labels[i] = new
         return {**batch, "state": state, "label": labels}
-
-    def evaluation_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        rows = self.rows[split]
-        limit = self.config.evaluation.samples
-        rows = rows[:limit] if limit else rows
-        for start in range(0, len(rows), batch_size):
-            yield self._batch(rows[start : start + batch_size])
 
     def votes(self, state: Tensor) -> Tensor:
         return state[:, self.layout.visible_slice].float()
