@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,31 @@ def build_wheel(out: Path) -> Path:
     )
     (wheel,) = out.glob("nca_cli-*.whl")
     return wheel
+
+
+def source_packages() -> set[str]:
+    """Every package of the source tree, under the names the wheel must install."""
+    mapped = {"conf": "nca_cli.conf", "tasks": "nca_cli.tasks", "sweeps": "nca_cli.sweeps"}
+    names = set(mapped.values())
+    for init in (REPO / "nca_cli").rglob("__init__.py"):
+        parts = init.parent.relative_to(REPO).parts
+        if "hydra_plugin" not in parts:
+            names.add(".".join(parts))
+    return names
+
+
+def test_wheel_holds_every_subpackage(tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path / "dist")
+    with zipfile.ZipFile(wheel) as zf:
+        packages = {
+            name.removesuffix("/__init__.py").replace("/", ".")
+            for name in zf.namelist()
+            if name.endswith("/__init__.py")
+        }
+    missing = source_packages() - packages
+    assert not missing, f"the wheel omits {sorted(missing)}: list them in pyproject.toml"
+    assert "hydra_plugins.nca_sweeper" in packages
+    assert not {p for p in packages if p.split(".")[0] not in ("nca_cli", "hydra_plugins")}
 
 
 def fresh_venv(path: Path) -> tuple[Path, Path]:

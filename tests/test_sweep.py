@@ -106,6 +106,33 @@ def test_command_line_shorthands_and_multirun() -> None:
     assert "secret" not in masked("postgresql://nca:secret@db.example/sweeps")
 
 
+def test_reported_loss_is_negated_for_a_study_that_maximises(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from nca_cli.sweeping.config import PrunerConf
+    from nca_cli.sweeping.trial import study_reporter
+
+    study = optuna.create_study(
+        study_name="dice", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize"
+    )
+    trial = study.ask()
+    sweeper = {
+        "study_name": "dice",
+        "storage": None,  # SQLite in the sweep folder
+        "trial": trial.number,
+        "intermediate": "loss",
+        "intermediate_direction": "minimize",
+        "pruner": vars(PrunerConf(name="none")),
+    }
+    hydra_cfg = OmegaConf.create({"sweeper": sweeper, "sweep": {"dir": str(tmp_path)}})
+    report = study_reporter(hydra_cfg)
+    assert report is not None
+    report(1, {"loss": 0.25, "lr": 1e-3})
+    report(2, {"loss": float("nan")})  # skipped, not stored
+    assert study.trials[0].intermediate_values == {1: -0.25}
+    assert study_reporter(OmegaConf.create({"sweeper": None})) is None
+
+
 def test_bad_searches_fail_before_any_trial(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     assert in_process(monkeypatch, *SMOKE, "fire_rat=0.3,0.5") == 2
     assert "fire_rat" in capsys.readouterr().err

@@ -175,8 +175,8 @@ def write_plots(study: optuna.Study, folder: Path, metric: str) -> dict[str, str
             figure.savefig(path, dpi=110, bbox_inches="tight")
             plt.close(figure)
             done[name] = str(path)
-        except (ValueError, RuntimeError, ZeroDivisionError) as err:
-            done[name] = f"skipped: {err}"
+        except Exception as err:  # a plot that cannot be drawn must not fail the sweep
+            done[name] = f"skipped: {type(err).__name__}: {err}"
             plt.close("all")
     return done
 
