@@ -32,6 +32,15 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that :func:`write_atomic` left in ``folder`` when its
+    process was killed mid-write (call it only where no other process is writing)."""
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -6,8 +6,12 @@ Hydra composes plain dictionaries; every consumer turns its section into a datac
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +30,7 @@ def parse(node: Mapping[str, Any] | DictConfig | None, schema: type[T], where: s
     ``where`` is the dotted path of the node in the full config, used in error messages.
     """
     base = OmegaConf.structured(schema)
+    _check_sections(node, schema, where)
     try:
         merged = OmegaConf.merge(base, node if node is not None else {})
         obj = OmegaConf.to_object(merged)
@@ -34,11 +39,91 @@ def parse(node: Mapping[str, Any] | DictConfig | None, schema: type[T], where: s
         allowed = ", ".join(f.name for f in fields(schema))  # type: ignore[arg-type]
         raise ConfigError(f"unknown config key '{key}'; allowed keys here: {allowed}") from None
     except OmegaConfBaseException as err:
-        key = f"{where}.{err.full_key}" if where else str(err.full_key)
+        path = str(err.full_key or "")
+        key = f"{where}.{path}" if where and path else where or path
+        expected = _expected(schema, path)
+        found, value = _lookup(node, path)
+        if expected and found:
+            raise ConfigError(
+                f"invalid value for '{key}': {value!r}; expected {expected}"
+            ) from None
         msg = str(getattr(err, "msg", err)).splitlines()[0]
         raise ConfigError(f"invalid value for '{key}': {msg}") from None
     assert is_dataclass(obj)
     return obj  # type: ignore[return-value]
+
+
+def _check_sections(node: Any, schema: type, where: str) -> None:
+    """A scalar or list where the schema has a section fails naming that key (OmegaConf's
+    own merge error names no key)."""
+    hints = _hints(schema)
+    if not isinstance(node, Mapping | DictConfig) or not hints:
+        return
+    for f in fields(schema):  # type: ignore[arg-type]
+        if f.name not in node or f.name not in hints:
+            continue
+        value, kind = node[f.name], hints[f.name]
+        key = f"{where}.{f.name}" if where else f.name
+        if is_dataclass(kind):
+            if not isinstance(value, Mapping | DictConfig):
+                raise ConfigError(
+                    f"invalid value for '{key}': {value!r}; expected {_describe(kind)}"
+                )
+            _check_sections(value, kind, key)
+        elif typing.get_origin(kind) is dict and not isinstance(value, Mapping | DictConfig):
+            raise ConfigError(f"invalid value for '{key}': {value!r}; expected a mapping")
+
+
+def _hints(schema: type) -> dict[str, Any]:
+    """The resolved field types of a dataclass ({} when they cannot be resolved)."""
+    try:
+        return typing.get_type_hints(schema)
+    except (NameError, TypeError):
+        return {}
+
+
+def _describe(kind: Any) -> str:
+    """What a value of type ``kind`` looks like, for error messages."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args) + " or null"
+    if typing.get_origin(kind) is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if typing.get_origin(kind) is dict:
+        return "a mapping"
+    if is_dataclass(kind):
+        return "a section with the keys " + ", ".join(f.name for f in fields(kind))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _expected(schema: type, path: str) -> str:
+    """The description of the schema's type at the dotted ``path`` (``a.b[0]``), or ''."""
+    kind: Any = schema
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("["):
+            args = typing.get_args(kind)
+            if typing.get_origin(kind) is not list or not args:
+                return ""
+            kind = args[0]
+        elif is_dataclass(kind):
+            hints = _hints(kind)
+            if part not in hints:
+                return ""
+            kind = hints[part]
+        else:
+            return ""
+    return _describe(kind) if path else ""
+
+
+def _lookup(node: Any, path: str) -> tuple[bool, Any]:
+    """The value at the dotted ``path`` of ``node``, and whether it exists."""
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        try:
+            node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False, None
+    return bool(path), node
 
 
 def require(ok: bool, key: str, value: object, allowed: str) -> None:
@@ -284,11 +369,101 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
+    check_group_overrides(list(overrides))
     with initialize_config_module(config_module="nca_cli.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=list(overrides))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return resolve(cfg)
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as plain containers; a broken interpolation is a ConfigError."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        msg = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"invalid value for '{err.full_key}': {msg}") from None
     assert isinstance(resolved, dict)
     return resolved  # type: ignore[return-value]
+
+
+def config_groups() -> dict[str, list[str]]:
+    """The config groups of ``nca_cli.conf`` and their options (``task``: growing, ...)."""
+    from importlib import resources
+
+    groups: dict[str, list[str]] = {}
+    for group in resources.files("nca_cli.conf").iterdir():
+        if group.is_dir() and not group.name.startswith(("_", ".")) and group.name != "hydra":
+            options = [o.name.removesuffix(".yaml") for o in group.iterdir()]
+            groups[group.name] = sorted(o for o in options if not o.startswith(("_", ".")))
+    return groups
+
+
+def check_group_overrides(overrides: list[str]) -> None:
+    """``dataset=3`` names a config group with a number: Hydra fails on it with a bare
+    ValueError and a traceback, so say which group and which options exist instead."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return  # Hydra reports grammar errors itself, naming the override
+    groups = config_groups()
+    for item in parsed:
+        if not item.key_or_group:
+            raise ConfigError(
+                f"invalid override {item.input_line!r}: it names no key (overrides are "
+                "key=value, e.g. fire_rate=0.3)"
+            )
+        if item.key_or_group not in groups or item.package or item.is_sweep_override():
+            continue
+        value = item.value()
+        values = value if isinstance(value, list) else [value]
+        if values and all(isinstance(v, str) for v in values):
+            continue
+        options = ", ".join(groups[item.key_or_group])
+        raise ConfigError(
+            f"invalid value for config group '{item.key_or_group}': {value!r}; expected one "
+            f"of {options}"
+        )
+
+
+# ``scheme://user:password@host``: the password part of a URL.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)([^/\s]+)(?=@)")
+# Keys whose values are secrets wherever they appear in a config.
+_SECRET_KEY = re.compile(r"password|passwd|secret|token|api_?key", re.IGNORECASE)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with the passwords of any URLs in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***", text)
+
+
+def mask_files(paths: Iterable[Path]) -> None:
+    """Mask URL passwords in saved text files (Hydra's ``.hydra/*.yaml``, ``multirun.yaml``),
+    which Hydra writes from the command line before nca sees the config."""
+    from nca_cli.atomic import write_text_atomic
+
+    for path in paths:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if mask_text(text) != text:
+            write_text_atomic(path, mask_text(text))
+
+
+def mask_secrets(node: Any) -> Any:
+    """A copy of a config with URL passwords and secret-named values replaced by ``***``,
+    for what is saved (config.yaml, checkpoints, W&B) or logged."""
+    if isinstance(node, Mapping):
+        return {
+            k: "***" if _SECRET_KEY.search(str(k)) and isinstance(v, str) and v else mask_secrets(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list | tuple):
+        return [mask_secrets(v) for v in node]
+    return mask_text(node) if isinstance(node, str) else node
 
 
 def _interpolated_keys() -> dict[str, list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,30 @@ from nca_cli.datasets.storage import DataError
 Folds = list[dict[str, list[str]]]
 FOLDS_FILE = "folds.json"
 SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class CasePool:
+    """What folds are drawn from: the task's train and validation cases (with their class
+    labels for stratification), and the test split that stays out of every fold."""
+
+    cases: list[str]
+    test: list[str]
+    labels: list[int] | None
+    seed: int
+
+
+def case_pool(config: dict[str, Any]) -> CasePool:
+    """The case pool of the task that ``config`` (a composed training config) builds."""
+    from nca_cli.config import ConfigError, parse_run_config
+    from nca_cli.tasks import task_class
+
+    run = parse_run_config(config)
+    task = task_class(str(run.task.get("name")))(run)
+    if task.splits is None:
+        raise ConfigError(f"task {task.config.name!r} has no data to split into folds")
+    cases = sorted(task.splits["train"] + task.splits["val"])
+    return CasePool(cases, list(task.splits.get("test", [])), task.case_labels(cases), run.seed)
 
 
 def make_folds(ids: list[str], k: int, seed: int, labels: list[int] | None = None) -> Folds:

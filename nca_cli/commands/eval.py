@@ -248,3 +248,6 @@ def main(argv: list[str]) -> None:
     except (EvalError, ConfigError, CheckpointError, DataError) as err:
         print(f"nca eval: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("nca eval: interrupted", file=sys.stderr)
+        sys.exit(130)

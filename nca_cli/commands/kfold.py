@@ -9,6 +9,7 @@ continues interrupted ones from their last checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import datetime
@@ -56,26 +57,21 @@ def prepare(
     overrides: list[str], k: int, folder: Path, splits: Path | None
 ) -> tuple[list[Path], dict[str, Any]]:
     """Write the fold files into ``folder`` (reusing ``folds.json`` when it exists)."""
-    from nca_cli.config import ConfigError, compose, parse_run_config
-    from nca_cli.crossval import FOLDS_FILE, load_folds, make_folds, write_folds
-    from nca_cli.tasks import task_class
+    from nca_cli.config import ConfigError, compose
+    from nca_cli.crossval import FOLDS_FILE, case_pool, load_folds, make_folds, write_folds
 
     config = compose([o for o in overrides if not o.startswith(("hydra", "+hydra"))])
-    run = parse_run_config(config)
-    task = task_class(str(run.task.get("name")))(run)
-    if task.splits is None:
-        raise ConfigError(f"task {task.config.name!r} has no data to split into folds")
-    pool = sorted(task.splits["train"] + task.splits["val"])
+    pool = case_pool(config)
     saved = folder / FOLDS_FILE
     if saved.is_file():
-        folds = load_folds(saved, set(pool))
+        folds = load_folds(saved, set(pool.cases))
     elif splits is not None:
-        folds = load_folds(splits, set(pool) | set(task.splits.get("test", [])))
+        folds = load_folds(splits, set(pool.cases) | set(pool.test))
     else:
-        folds = make_folds(pool, k, run.seed, task.case_labels(pool))
+        folds = make_folds(pool.cases, k, pool.seed, pool.labels)
     if len(folds) != k:
         raise ConfigError(f"invalid value for 'k': {k}; the fold file holds {len(folds)} folds")
-    return write_folds(folder, folds, task.splits.get("test", [])), config
+    return write_folds(folder, folds, pool.test), config
 
 
 def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +115,11 @@ def plot(path: Path, summary: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def log_summary(folder: Path, summary: dict[str, Any], config: dict[str, Any]) -> None:
+def log_summary(
+    folder: Path, summary: dict[str, Any], config: dict[str, Any], group: str | None = None
+) -> None:
+    """A W&B run in the folds' group (``kfold-<folder>`` unless given) holding the mean and
+    std of every metric."""
     logger = config.get("logger", {})
     if logger.get("name") != "wandb":
         return
@@ -130,7 +130,7 @@ def log_summary(folder: Path, summary: dict[str, Any], config: dict[str, Any]) -
     run = wandb.init(
         project=logger.get("project", "nca"),
         entity=logger.get("entity"),
-        group=f"kfold-{folder.name}",
+        group=group or f"kfold-{folder.name}",
         job_type="kfold-summary",
         mode=logger.get("mode", "offline"),
         dir=str(folder),
@@ -143,7 +143,51 @@ def log_summary(folder: Path, summary: dict[str, Any], config: dict[str, Any]) -
     run.finish()
 
 
+COMMAND_FILE = "kfold.json"  # k and the overrides, so that `nca kfold dir=...` resumes alone
+STATUS_FILE = "status.json"  # what each fold's run folder holds: finished, interrupted, ...
+
+
+def saved_command(
+    folder: Path, argv: list[str], k: int, overrides: list[str]
+) -> tuple[int, list[str]]:
+    """``k`` and the overrides of the k-fold in ``folder``, unless given again."""
+    path = folder / COMMAND_FILE
+    if not path.is_file():
+        return k, overrides
+    saved = json.loads(path.read_text())
+    if not any(a.startswith("k=") for a in argv):
+        k = int(saved["k"])
+    return k, overrides or [str(o) for o in saved["overrides"]]
+
+
+def fold_states(folder: Path, k: int) -> list[str]:
+    """``fold_<i>: finished`` / ``interrupted at iteration N (checkpoint kept)`` / ..."""
+    from nca_cli.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+
+    states = []
+    for i in range(k):
+        run = folder / f"fold_{i}"
+        if (run / "metrics.json").is_file():
+            state = "finished"
+        elif (run / "error.txt").is_file():
+            reason = (run / "error.txt").read_text().strip().splitlines() or ["unknown error"]
+            state = f"failed: {reason[0]}"
+        elif (run / CHECKPOINT_NAME).is_file():
+            try:
+                iteration = load_checkpoint(run / CHECKPOINT_NAME)["iteration"]
+                state = f"interrupted at iteration {iteration} (checkpoint kept)"
+            except CheckpointError as err:
+                state = f"failed ({err})"
+        else:
+            state = "not started"
+        states.append(f"fold_{i}: {state}")
+    return states
+
+
 def main(argv: list[str]) -> None:
+    from hydra.errors import HydraException
+
+    from nca_cli.atomic import write_text_atomic
     from nca_cli.config import ConfigError
     from nca_cli.datasets.storage import DataError
 
@@ -153,10 +197,21 @@ def main(argv: list[str]) -> None:
     folder = args.dir or root / "kfold" / stamp
     try:
         if args.dir is not None and not (args.dir / "folds.json").is_file():
-            raise ConfigError(f"invalid value for 'dir': {args.dir} holds no folds.json")
+            raise ConfigError(
+                f"invalid value for 'dir': {str(args.dir)!r} is not a k-fold folder (it holds "
+                "no folds.json)"
+            )
+        if args.dir is not None:
+            args.k, overrides = saved_command(args.dir, argv, args.k, overrides)
+            print(f"nca kfold: resuming {folder}: " + "; ".join(fold_states(folder, args.k)))
         folder.mkdir(parents=True, exist_ok=True)
         paths, config = prepare(overrides, args.k, folder, args.splits)
-    except (ConfigError, DataError) as err:
+        if not (folder / COMMAND_FILE).is_file():
+            command = {"k": args.k, "overrides": overrides}
+            write_text_atomic(folder / COMMAND_FILE, json.dumps(command, indent=1) + "\n")
+    except (ConfigError, DataError, HydraException) as err:  # Hydra's: a bad override
+        if args.dir is None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # nothing was written: no half-made k-fold folder stays behind
         print(f"nca kfold: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"nca kfold: {args.k} folds in {folder}")
@@ -171,7 +226,24 @@ def main(argv: list[str]) -> None:
         f"logger.group=kfold-{folder.name}",
         *overrides,
     ]
-    train.app()
+    try:
+        train.app()
+    except (SystemExit, KeyboardInterrupt) as stop:  # a fold stopped: interrupted or failed
+        code = stop.code if isinstance(stop, SystemExit) else 130
+        if code in (0, None):
+            raise
+        states = fold_states(folder, args.k)
+        write_text_atomic(folder / STATUS_FILE, json.dumps(states, indent=1) + "\n")
+        print(
+            f"nca kfold: stopped: {'; '.join(states)}. Finished folds are kept; run again "
+            f"to resume (finished folds are skipped, interrupted ones continue):\n"
+            f"  nca kfold dir={folder}",
+            file=sys.stderr,
+        )
+        sys.exit(code if isinstance(code, int) else 1)
+    write_text_atomic(
+        folder / STATUS_FILE, json.dumps(fold_states(folder, args.k), indent=1) + "\n"
+    )
     try:
         report(folder, args.k, config)
     except DataError as err:

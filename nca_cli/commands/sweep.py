@@ -41,9 +41,12 @@ def expand(argv: list[str]) -> list[str]:
 
 @hydra.main(config_path="pkg://nca_cli.conf", config_name="sweep", version_base="1.3")
 def app(cfg: DictConfig) -> dict[str, float]:
+    from hydra.core.hydra_config import HydraConfig
+
+    from nca_cli.sweeping.cv import fold_evaluator
     from nca_cli.sweeping.trial import run_trial
 
-    return run_trial(cfg)
+    return run_trial(cfg, fold_evaluator(HydraConfig.get()))  # cv.k: a k-fold per trial
 
 
 def summarize_main(argv: list[str]) -> int:

@@ -10,19 +10,67 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-from nca_cli.config import ConfigError, apply_overrides
+from nca_cli.atomic import write_text_atomic
+from nca_cli.config import (
+    ConfigError,
+    apply_overrides,
+    check_group_overrides,
+    mask_files,
+    mask_text,
+    resolve,
+)
 
 log = logging.getLogger("nca.train")
+ERROR_FILE = "error.txt"  # why a run failed (divergence), beside its last good checkpoint
 
 
 def apply_resume(argv: list[str]) -> list[str]:
-    """With ``resume=<run dir>``, write into that run folder instead of a new one."""
+    """With ``resume=<run dir>``, write into that run folder instead of a new one, leaving
+    the Hydra files of the run's first start (its command line) as they are."""
     for arg in argv:
         if arg.startswith("resume=") and arg.split("=", 1)[1] not in ("", "null"):
-            return [*argv, f"hydra.run.dir={arg.split('=', 1)[1]}"]
+            check_run_folder(Path(arg.split("=", 1)[1]))
+            return [*argv, f"hydra.run.dir={arg.split('=', 1)[1]}", "hydra.output_subdir=null"]
     return argv
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Before Hydra creates or writes into it: ``run_dir`` is a training run folder."""
+    from nca_cli.training.checkpoint import CHECKPOINT_NAME
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"invalid value for 'resume': {str(run_dir)!r} is not a folder")
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise ConfigError(
+            f"invalid value for 'resume': {str(run_dir)!r} is not a training run folder: it "
+            f"holds no {CHECKPOINT_NAME} (a run writes one as soon as its training starts)"
+        )
+
+
+def _scrub(record: logging.LogRecord) -> bool:
+    """A logging filter that masks passwords in URLs."""
+    message = record.getMessage()
+    masked = mask_text(message)
+    if masked != message:
+        record.msg, record.args = masked, None
+    return True
+
+
+def hide_secrets() -> None:
+    """Mask URL passwords in the log handlers and in the config files Hydra has saved."""
+    for handler in logging.getLogger().handlers:
+        if _scrub not in handler.filters:
+            handler.addFilter(_scrub)
+    hydra_cfg = HydraConfig.get()
+    files = []
+    if hydra_cfg.output_subdir is not None:
+        files += Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir).glob("*.yaml")
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        files.append(Path(str(hydra_cfg.sweep.dir), "multirun.yaml"))
+    mask_files(files)
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], dict]:
@@ -58,13 +106,13 @@ def app(cfg: DictConfig) -> dict[str, float] | None:
     from nca_cli.training.trainer import DivergenceError, Interrupted, train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hide_secrets()
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt
     try:
         if cfg.get("resume"):
             config, checkpoint = resume_config(cfg, list(HydraConfig.get().overrides.task))
         else:
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            assert isinstance(resolved, dict)
-            config, checkpoint = resolved, None
+            config, checkpoint = resolve(cfg), None
             finished = finished_metrics(run_dir)
             if finished is not None:  # a re-run multirun job (k-fold, sweep) that finished
                 log.info("%s already finished; skipping", run_dir)
@@ -77,7 +125,8 @@ def app(cfg: DictConfig) -> dict[str, float] | None:
         print(f"nca train: error: {err}", file=sys.stderr)
         sys.exit(2)
     except DivergenceError as err:
-        print(f"nca train: {err}\nThe last good checkpoint is in {run_dir}", file=sys.stderr)
+        write_text_atomic(run_dir / ERROR_FILE, f"{err}\n")  # marks the run failed
+        print(f"nca train: {err}", file=sys.stderr)
         sys.exit(1)
     except Interrupted as err:
         print(f"nca train: {err}", file=sys.stderr)
@@ -89,5 +138,14 @@ def app(cfg: DictConfig) -> dict[str, float] | None:
 
 
 def main(argv: list[str]) -> None:
-    sys.argv = ["nca train", *apply_resume(argv)]
-    app()
+    try:
+        check_group_overrides([a for a in argv if not a.startswith("-")])
+        sys.argv = ["nca train", *apply_resume(argv)]
+    except ConfigError as err:  # before Hydra creates a run folder
+        print(f"nca train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        app()
+    except KeyboardInterrupt:  # outside the training loop, which handles its own
+        print("nca train: interrupted", file=sys.stderr)
+        sys.exit(130)

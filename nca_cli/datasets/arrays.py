@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +104,18 @@ def load_medmnist(name: str, resolution: int, root: Path | None, fetch: bool) ->
         )
     out: Arrays = {}
     for split in ("train", "val", "test"):
-        images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+        try:
+            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            # truncated members, or object arrays (pickles, which are never loaded)
+            raise DataError(f"cannot read {split} arrays of {path}: {err}") from None
         if len(images) != len(labels):
             raise DataError(f"{path}: {split} has {len(images)} images but {len(labels)} labels")
+        shape = (resolution, resolution) + ((info.channels,) if info.channels > 1 else ())
+        if images.shape[1:] != shape or not len(images):
+            raise DataError(
+                f"{path}: {split}_images has the shape {images.shape}, expected (N > 0, "
+                f"{', '.join(map(str, shape))}) for {name} at {resolution} pixels"
+            )
         out[split] = (images, labels.reshape(len(labels), -1)[:, 0].astype(np.int64))
     return out

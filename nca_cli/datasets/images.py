@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,15 @@ def kvasir_folder(root: Path | None, fetch: bool) -> Path:
             "downloads it)"
         )
     archive = download(KVASIR_URL, base / "kvasir-seg.zip", KVASIR_SHA256, "sha256")
-    safe_extract(archive, base / ".kvasir-extract")
-    extracted = base / ".kvasir-extract" / "Kvasir-SEG"
-    if not (extracted / "images").is_dir():
-        raise DataError(f"{archive} does not hold Kvasir-SEG/images")
-    extracted.rename(folder)
+    work = base / ".kvasir-extract"
+    try:
+        safe_extract(archive, work)
+        extracted = work / "Kvasir-SEG"
+        if not (extracted / "images").is_dir():
+            raise DataError(f"{archive} does not hold Kvasir-SEG/images")
+        extracted.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # nothing half-extracted stays behind
     return folder
 
 

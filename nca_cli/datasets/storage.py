@@ -8,6 +8,7 @@ into place, so nothing partial ever looks complete.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -48,11 +49,11 @@ def download(url: str, dest: Path, checksum: str, algorithm: str = "md5") -> Pat
         actual = file_digest(tmp, algorithm)
         if actual != checksum:
             raise DataError(
-                f"downloaded {url} has {algorithm} {actual}, expected {checksum}: the file is "
-                "corrupt or was changed upstream; nothing was kept"
+                f"downloaded {url} (for {dest}) has {algorithm} {actual}, expected {checksum}: "
+                "the file is corrupt or was changed upstream; nothing was kept"
             )
         os.replace(tmp, dest)
-    except OSError as err:
+    except (OSError, http.client.HTTPException, ValueError) as err:  # ValueError: bad URL
         raise DataError(
             f"could not download {url}: {err}. Download it yourself and place it at {dest} "
             "(or point NCA_DATA_DIR at a folder that holds it)"

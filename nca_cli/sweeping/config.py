@@ -18,6 +18,9 @@ ALIASES = {
     "pruner": "hydra.sweeper.pruner.name",
     "metric": "hydra.sweeper.metric",
     "direction": "hydra.sweeper.direction",
+    "cv.k": "hydra.sweeper.cv.k",
+    "cv.splits": "hydra.sweeper.cv.splits",
+    "cv.n_jobs": "hydra.sweeper.cv.n_jobs",
 }
 
 
@@ -28,7 +31,18 @@ class PrunerConf:
 
     name: str = "median"
     startup_trials: int = 4  # finished trials before anything is pruned
-    warmup_steps: int = 0  # iterations of a trial before it can be pruned
+    warmup_steps: int = 0  # reported steps (iterations; folds with cv.k) before pruning
+
+
+@dataclass
+class CrossValConf:
+    """``cv.k=K``: every trial is a K-fold cross-validation of its configuration and its
+    objective is the mean over the folds (all trials on the same folds, drawn once per
+    study from its base config); null: every trial is one training run."""
+
+    k: int | None = None
+    splits: str | None = None  # a fold file (nca kfold's folds.json) instead of drawing folds
+    n_jobs: int = 1  # folds of one trial trained at a time (joblib processes)
 
 
 @dataclass
@@ -49,6 +63,7 @@ class SweeperConf:
     intermediate_direction: str = "minimize"
     sampler: str = "auto"  # auto (grid when every dimension is finite, else tpe), tpe, random, grid
     pruner: PrunerConf = field(default_factory=PrunerConf)
+    cv: CrossValConf = field(default_factory=CrossValConf)
     n_trials: int | None = None  # null: the rest of a grid, or 20
     n_jobs: int | None = None  # trials launched together; null: the launcher's n_jobs
     seed: int | None = None  # sampler seed (+ trials already run); null: random

@@ -47,23 +47,32 @@ def _seconds(trial: FrozenTrial) -> float | None:
     return None
 
 
+def _folds(trials: list[FrozenTrial]) -> int | None:
+    """The number of folds of a cross-validated study (``cv.k``), else None."""
+    return next((int(t.user_attrs["cv_k"]) for t in trials if "cv_k" in t.user_attrs), None)
+
+
 def write_csv(study: optuna.Study, path: Path, metric: str) -> Path:
-    """One row per trial: number, state, objective, parameters, seconds, final metrics,
-    run folder and error."""
+    """One row per trial: number, state, objective (for cross-validated trials: the fold
+    mean, with its std and the per-fold values), parameters, seconds, final metrics (fold
+    means), run folder and error."""
     trials = study.get_trials(deepcopy=False)
     params, metrics = _params(trials), _metric_names(trials)
+    spread = [f"{metric}_std", f"{metric}_folds"] if _folds(trials) else []
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(
-        ["number", "state", metric, *params, "seconds", "last_step"]
+        ["number", "state", metric, *spread, *params, "seconds", "last_step"]
         + [f"metrics.{m}" for m in metrics]
         + ["run_dir", "error"]
     )
     for t in trials:
         seconds = _seconds(t)
         values = t.user_attrs.get("metrics", {})
+        folds = " ".join(repr(v) for v in t.user_attrs.get("fold_values", []))
         writer.writerow(
             [t.number, t.state.name, _objective(t)]
+            + ([t.user_attrs.get("std", ""), folds] if spread else [])
             + [t.params.get(p, "") for p in params]
             + ["" if seconds is None else round(seconds, 3)]
             + ["" if t.last_step is None else t.last_step]
@@ -81,8 +90,10 @@ def print_table(study: optuna.Study, metric: str) -> None:
     trials = study.get_trials(deepcopy=False)
     params = _params(trials)
     best = _best_number(study)
+    k = _folds(trials)
+    objective = f"{metric} (mean ± std of {k} folds)" if k else metric
     table = Table(title=f"study {study.study_name}: {len(trials)} trials", title_justify="left")
-    for column in ["trial", "state", metric, *params, "seconds", "run folder"]:
+    for column in ["trial", "state", objective, *params, "seconds", "run folder"]:
         table.add_column(column, justify="left" if column == "run folder" else "right")
     for t in trials:
         seconds = _seconds(t)
@@ -90,11 +101,16 @@ def print_table(study: optuna.Study, metric: str) -> None:
         state = t.state.name.lower()
         if state == "pruned" and t.last_step is not None:
             state = f"pruned at {t.last_step}"
+            if k:  # steps are folds
+                state = f"pruned after {t.last_step + 1}/{k} folds"
         value = _objective(t)
+        shown = "" if value == "" else f"{value:.6g}"
+        if shown and "std" in t.user_attrs:
+            shown += f" ± {t.user_attrs['std']:.2g}"
         table.add_row(
             f"{t.number}{mark}",
             state,
-            "" if value == "" else f"{value:.6g}",
+            shown,
             *(_short(t.params.get(p, "")) for p in params),
             "" if seconds is None else f"{seconds:.1f}",
             _relative(t.user_attrs.get("run_dir", "")),

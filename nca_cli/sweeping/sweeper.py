@@ -6,7 +6,8 @@ A trial is an ordinary training run in ``<sweep dir>/<trial number>/``; its job 
 ``hydra.sweeper.trial`` so that it can report intermediate values (and be pruned) itself.
 A trial that raises, diverges, returns no objective or whose worker dies is recorded as
 failed with its error, and the sweep goes on. Grids are searched in order, skipping points
-that are done, so running a grid again resumes it.
+that are done, so running a grid again resumes it. With ``cv.k`` every trial is a k-fold of
+its configuration on the study's one split (:mod:`nca_cli.sweeping.cv`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nca_cli.config import ConfigError
+from nca_cli.sweeping.cv import SPLITS_DIR, study_folds, trial_summary
 from nca_cli.sweeping.space import Dimension, format_value, split_arguments
 from nca_cli.sweeping.study import (
     DIRECTIONS,
@@ -71,6 +73,7 @@ class OptunaSweeper(Sweeper):
         heartbeat: int = 60,
         params: Any = None,
         trial: int | None = None,
+        cv: Any = None,
     ) -> None:
         self.study_name = study_name
         self.storage = storage
@@ -87,6 +90,12 @@ class OptunaSweeper(Sweeper):
         )
         self.n_trials = n_trials
         self.n_jobs = n_jobs
+        cv = cv or {}
+        # cv.k: every trial is a k-fold (see nca_cli.sweeping.cv); a resumed study keeps its k
+        self.cv_k: int | None = cv.get("k")
+        self.cv_splits: str | None = cv.get("splits")
+        self.cv_jobs = int(cv.get("n_jobs") or 1)
+        self.base: dict[str, Any] = {}  # the training config of the fixed overrides
         self.seed = seed
         self.heartbeat = heartbeat
         self.params: dict[str, Any] = (
@@ -173,6 +182,7 @@ class OptunaSweeper(Sweeper):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
+        self.cv_k = study_folds(study, url, self.sweep_dir, self.base, self.cv_k, self.cv_splits)
         seed = self._sampler_seed(study)
         study.sampler = self._make_sampler(grid, seed)
         study.set_user_attr("metric", self.metric)
@@ -187,9 +197,12 @@ class OptunaSweeper(Sweeper):
         )
         parallel = self._parallelism()
         names = [d.name for d in dims]
+        folds = ""
+        if self.cv_k:
+            folds = f" (mean of {self.cv_k} folds, split in {self.sweep_dir / SPLITS_DIR})"
         print(
             f"nca sweep: study {self.study_name!r} ({'grid' if grid else self._sampler_name()}, "
-            f"sampler seed {seed}) over {', '.join(names)}; {self.direction} {self.metric}; "
+            f"sampler seed {seed}) over {', '.join(names)}; {self.direction} {self.metric}{folds}; "
             f"storage {masked(url)}; {parallel} trial(s) at a time; trials in {self.sweep_dir}"
         )
         if grid:
@@ -234,6 +247,10 @@ class OptunaSweeper(Sweeper):
         for key, value in (("n_trials", self.n_trials), ("n_jobs", self.n_jobs)):
             if value is not None and value < (0 if key == "n_trials" else 1):
                 raise ConfigError(f"invalid value for 'hydra.sweeper.{key}': {value}")
+        if self.cv_k is not None and self.cv_k < 2:
+            raise ConfigError(f"invalid value for 'cv.k': {self.cv_k}; at least 2 folds")
+        if self.cv_jobs < 1:
+            raise ConfigError(f"invalid value for 'cv.n_jobs': {self.cv_jobs}")
 
     def _check_composes(self, dims: Sequence[Dimension], fixed: list[str]) -> tuple[str, str]:
         """Fail before any trial on a typo: the fixed overrides must give a valid training
@@ -250,7 +267,8 @@ class OptunaSweeper(Sweeper):
             base = loader.load_sweep_config(self.config, list(fixed))
             with read_write(base), open_dict(base):
                 del base["hydra"]
-            run = parse_run_config(OmegaConf.to_container(base, resolve=True))  # type: ignore[arg-type]
+            self.base = OmegaConf.to_container(base, resolve=True)  # type: ignore[assignment]
+            run = parse_run_config(self.base)
             objective = task_class(str(run.task.get("name", ""))).objective
             for dim in dims:
                 ends = dim.values if dim.kind == "choice" else (dim.values[0], dim.values[-1])
@@ -303,6 +321,13 @@ class OptunaSweeper(Sweeper):
         ]
         if "logger.group" not in keys:
             extra.append(f"logger.group={format_value(self.study_name)}")
+        if self.cv_k:  # the trial reports the running fold mean of the objective
+            extra += [
+                f"hydra.sweeper.cv.k={self.cv_k}",
+                f"hydra.sweeper.metric={format_value(self.metric)}",
+                f"hydra.sweeper.intermediate={format_value(self.metric)}",
+                f"hydra.sweeper.intermediate_direction={self.direction}",
+            ]
         local = self.config.hydra.launcher.get("n_jobs", None) is not None
         if local and parallel > 1 and "threads" not in keys:
             extra.append(f"threads={max(1, (os.cpu_count() or 1) // parallel)}")
@@ -334,6 +359,8 @@ class OptunaSweeper(Sweeper):
                 study.enqueue_trial(dict(zip(distributions, point, strict=True)))
             trial = study.ask(distributions)
             trial.set_user_attr("run_dir", str((self.sweep_dir / str(trial.number)).resolve()))
+            if self.cv_k:
+                trial.set_user_attr("cv_k", self.cv_k)
             overrides = [
                 *fixed,
                 *(d.override(trial.params[d.name]) for d in dims),
@@ -411,8 +438,9 @@ class OptunaSweeper(Sweeper):
                 self._fail(study, trial, str(err))
                 return 0
             trial.set_user_attr("metrics", _numbers(value))
+            spread = self._fold_attrs(trial)
             study.tell(trial, objective)
-            print(f"[trial {trial.number}] complete: {self.metric} {objective:.6g}")
+            print(f"[trial {trial.number}] complete: {self.metric} {objective:.6g}{spread}")
             return 1
         if isinstance(value, optuna.TrialPruned):
             study.tell(trial, state=TrialState.PRUNED)
@@ -437,17 +465,36 @@ class OptunaSweeper(Sweeper):
         folder holds the final metrics); 1 when it did."""
         import json
 
-        path = self.sweep_dir / str(trial.number) / "metrics.json"
+        run_dir = self.sweep_dir / str(trial.number)
         try:
-            metrics = json.loads(path.read_text())
+            if self.cv_k:  # a cross-validated trial has finished when its summary exists
+                metrics = (trial_summary(run_dir, self.metric) or ({}, {}))[0]
+            else:
+                metrics = json.loads((run_dir / "metrics.json").read_text())
             objective = objective_value(metrics, self.metric)
         except (OSError, ValueError):
             self._fail(study, trial, self.launch_error)
             return 0
         trial.set_user_attr("metrics", _numbers(metrics))
+        spread = self._fold_attrs(trial)
         study.tell(trial, objective)
-        print(f"[trial {trial.number}] complete (from its folder): {self.metric} {objective:.6g}")
+        print(
+            f"[trial {trial.number}] complete (from its folder): {self.metric} "
+            f"{objective:.6g}{spread}"
+        )
         return 1
+
+    def _fold_attrs(self, trial: optuna.Trial) -> str:
+        """For a cross-validated trial: its std and per-fold objective as user attributes
+        (from its summary.json), and `` ± std`` to print."""
+        if not self.cv_k:
+            return ""
+        found = trial_summary(self.sweep_dir / str(trial.number), self.metric)
+        if found is None or not found[1]:
+            return ""
+        for key, value in found[1].items():
+            trial.set_user_attr(key, value)
+        return f" ± {found[1]['std']:.2g} over {self.cv_k} folds"
 
     def _again(self) -> str:
         """The command that resumes this study."""

@@ -19,6 +19,8 @@ from nca_cli.atomic import write_atomic
 
 FORMAT = 1
 CHECKPOINT_NAME = "last.ckpt"
+# What every checkpoint holds, whoever reads it (training resumes and evaluations).
+REQUIRED: dict[str, type | tuple[type, ...]] = {"iteration": int, "model": dict, "config": dict}
 
 
 class CheckpointError(RuntimeError):
@@ -43,11 +45,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "or not an nca checkpoint)"
         ) from None
     if not isinstance(payload, dict) or "format" not in payload:
-        raise CheckpointError(f"{path} is not an nca checkpoint")
+        raise CheckpointError(f"{path} is not an nca checkpoint (it has no format number)")
     if payload["format"] != FORMAT:
+        env = payload.get("environment")
+        writer = env.get("nca") if isinstance(env, dict) else None
         raise CheckpointError(
-            f"{path} has checkpoint format {payload['format']}, this nca "
-            f"({nca_cli.__version__}) reads format {FORMAT}"
+            f"{path} has checkpoint format {payload['format']!r}"
+            + (f" (written by nca {writer})" if writer else "")
+            + f", but this nca ({nca_cli.__version__}) reads format {FORMAT}: load it with the "
+            "nca version that wrote it"
+        )
+    missing = [k for k, kind in REQUIRED.items() if not isinstance(payload.get(k), kind)]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a complete nca checkpoint: it lacks {', '.join(missing)}"
         )
     return payload
 

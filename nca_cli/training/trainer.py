@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +25,8 @@ import torch
 import yaml
 from torch import Tensor
 
-from nca_cli.atomic import write_text_atomic
-from nca_cli.config import parse_run_config
+from nca_cli.atomic import remove_stale_temporaries, write_text_atomic
+from nca_cli.config import mask_secrets, parse_run_config
 from nca_cli.datasets.splits import save_splits
 from nca_cli.engine.cascade import build_model
 from nca_cli.engine.pool import Batch, SamplePool, renew
@@ -33,10 +35,11 @@ from nca_cli.tasks import task_class
 from nca_cli.training.checkpoint import (
     CHECKPOINT_NAME,
     FORMAT,
+    CheckpointError,
     environment,
     save_checkpoint,
 )
-from nca_cli.training.loggers import RunLogger, make_logger
+from nca_cli.training.loggers import RunLogger, make_logger, preflight
 from nca_cli.training.optim import build_optimizer, build_scheduler, treat_gradients
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ class Trainer:
             else None
         )
         self.iteration = 0
+        self.saved_iteration: int | None = None  # of the checkpoint on disk
         self.wandb_id: str | None = None
         self.history: list[float] = []
 
@@ -99,7 +103,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "pool": self.pool.state_dict() if self.pool is not None else None,
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
-            "config": self.config,
+            "config": mask_secrets(self.config),
             "environment": environment(),
             "wandb_id": self.wandb_id,
             "history": list(self.history),
@@ -120,6 +124,7 @@ class Trainer:
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT_NAME
         save_checkpoint(path, self.state_dict())
+        self.saved_iteration = self.iteration
         return path
 
     def _to_device(self, batch: Batch) -> Batch:
@@ -162,8 +167,8 @@ class Trainer:
                 loss = self.task.loss(state, batch).mean()
             if not torch.isfinite(loss):
                 raise DivergenceError(
-                    f"the loss is {float(loss.detach())} at iteration {self.iteration + 1}: "
-                    "training diverged (try a lower lr, gradient normalisation or clipping)"
+                    f"training diverged at iteration {self.iteration + 1}: the loss is "
+                    f"{float(loss.detach())}. {self._likely_cause()}"
                 )
             (loss / t.grad.accumulate).backward()
             total += float(loss.detach()) / t.grad.accumulate
@@ -173,8 +178,8 @@ class Trainer:
         grad_norm = treat_gradients(self.params, t.grad)
         if not math.isfinite(grad_norm):
             raise DivergenceError(
-                f"the gradient norm is {grad_norm} at iteration {self.iteration + 1}: training "
-                "diverged (try a lower lr, gradient normalisation or clipping)"
+                f"training diverged at iteration {self.iteration + 1}: the gradient norm is "
+                f"{grad_norm}. {self._likely_cause()}"
             )
         self.optimizer.step()
         self.scheduler.step()
@@ -183,9 +188,38 @@ class Trainer:
             raise DivergenceError(
                 f"every cell is dead after iteration {self.iteration}: the alive mask "
                 f"(channel {self.nca.alive_channel} > {self.nca.alive_threshold}) removed the "
-                "whole state (try a lower lr or a longer warm-up of growth)"
+                "whole state. Likely cause: a model.alive_threshold too high for the seed, or "
+                "updates that drive the alpha channel down (try a lower lr, or a lower "
+                "model.alive_threshold)"
             )
         return total, grad_norm, state.detach()
+
+    def _likely_cause(self) -> str:
+        t = self.run.trainer
+        lr = self.scheduler.get_last_lr()[0]
+        untreated = not t.grad.normalize and not t.grad.clip_norm
+        return (
+            f"Likely cause: the learning rate ({lr:.3g}) is too high for this model and blew "
+            "the weights up: try a lower lr"
+            + (
+                ", or trainer.grad.normalize=true or trainer.grad.clip_norm=1.0"
+                if untreated
+                else ""
+            )
+        )
+
+    def _train_step(self) -> tuple[float, float, Tensor]:
+        """:meth:`train_step`, its divergence naming the checkpoint that is kept."""
+        try:
+            return self.train_step()
+        except DivergenceError as err:
+            path = self.run_dir / CHECKPOINT_NAME
+            kept = (
+                f"the last good checkpoint, of iteration {self.saved_iteration}, is kept in {path}"
+                if self.saved_iteration is not None
+                else "no checkpoint had been written yet"
+            )
+            raise DivergenceError(f"{err}.\nTraining stopped; {kept}") from None
 
     # -- evaluation and images -----------------------------------------------------------
     @torch.no_grad()
@@ -233,9 +267,10 @@ class Trainer:
         images.mkdir(parents=True, exist_ok=True)
         metrics_file = self.run_dir / "metrics.jsonl"
         start = time.perf_counter()
-        with _progress(progress, t.iterations, self.iteration) as advance, _signals() as stop:
+        signals = _signals(self.run_dir)
+        with _progress(progress, t.iterations, self.iteration) as advance, signals as stop:
             while self.iteration < t.iterations:
-                loss, grad_norm, state = self.train_step()
+                loss, grad_norm, state = self._train_step()
                 self.history.append(loss)
                 i = self.iteration
                 if i % t.log_every == 0 or i == t.iterations:
@@ -294,27 +329,63 @@ class Trainer:
 
 
 @contextmanager
-def _signals() -> Iterator[threading.Event]:
-    """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one kills."""
+def _signals(run_dir: Path) -> Iterator[threading.Event]:
+    """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one quits at once.
+
+    Python runs signal handlers only between bytecodes, so a second Ctrl-C during a long
+    backward pass would wait for it; a watcher thread reads the signal numbers that the C
+    handler writes to a wake-up socket and exits the process straight away (the checkpoint
+    on disk stays intact: it is only ever replaced by a complete file).
+    """
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    stopping = (signal.SIGINT, signal.SIGTERM)
+    seen = [0]
+    lock = threading.Lock()
+
+    def count(signum: int) -> None:
+        with lock:
+            seen[0] += 1
+            again = seen[0] >= 2
+        if again:
+            os.write(
+                2,
+                f"\nnca: interrupted again: quitting at once. The last checkpoint is kept; "
+                f"resume with: nca train resume={run_dir}\n".encode(),
+            )
+            os._exit(128 + signum)
 
     def handler(signum: int, frame: object) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        log.warning("stopping after this iteration (press Ctrl-C again to quit at once)")
+        if not stop.is_set():
+            stop.set()
+            log.warning("stopping after this iteration (press Ctrl-C again to quit at once)")
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+
+    def watch() -> None:
+        while data := reader.recv(64):
+            for signum in data:
+                if signum in stopping:
+                    count(signum)
+
+    previous = {s: signal.getsignal(s) for s in stopping}
+    for s in stopping:
         signal.signal(s, handler)
+    old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="nca-signals", daemon=True)
+    watcher.start()
     try:
         yield stop
     finally:
+        signal.set_wakeup_fd(old_fd)
         for s, h in previous.items():
             signal.signal(s, h)
+        writer.close()
+        watcher.join()
+        reader.close()
 
 
 @contextmanager
@@ -365,12 +436,26 @@ def train(
     Returns the final metrics, the objective a sweep optimises; ``report(iteration, row)``
     is called with every logged row of training metrics (intermediate values of a sweep).
     """
+    preflight(parse_run_config(config).logger)  # W&B set up wrong: say so before any work
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # of writes cut short by a crash
     trainer = Trainer(config, run_dir)
     if checkpoint is not None:
-        trainer.load_state_dict(checkpoint)
+        try:
+            trainer.load_state_dict(checkpoint)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"the checkpoint of {run_dir} does not fit the model and task its config "
+                f"builds ({type(err).__name__}: {first})"
+            ) from None
+        trainer.saved_iteration = trainer.iteration
+        for name in ("metrics.jsonl", "regen.jsonl"):  # rows written after the checkpoint
+            _trim_rows(run_dir / name, trainer.iteration)
         log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(
+        run_dir / "config.yaml", yaml.safe_dump(mask_secrets(config), sort_keys=False)
+    )
     if trainer.task.splits is not None:
         save_splits(run_dir / "splits.json", trainer.task.splits)
     log.info(
@@ -382,6 +467,8 @@ def train(
     )
     logger = make_logger(trainer.run.logger, run_dir, config, trainer.wandb_id)
     trainer.wandb_id = logger.run_id
+    if trainer.saved_iteration is None:
+        trainer.save()  # from now on the folder always holds a checkpoint to resume from
     exit_code = 1
     try:
         metrics = trainer.fit(logger, progress=trainer.run.trainer.progress, report=report)
@@ -389,3 +476,22 @@ def train(
         return metrics
     finally:
         logger.finish(exit_code)
+
+
+def _trim_rows(path: Path, iteration: int) -> None:
+    """Keep the JSON lines of ``path`` up to ``iteration``: a resumed run writes the later
+    ones again, and a crash may have cut the last line short."""
+    if not path.is_file():
+        return
+    kept = []
+    lines = path.read_text().splitlines()
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = row.get("iteration") if isinstance(row, dict) else None
+        if isinstance(step, int) and step <= iteration:
+            kept.append(line)
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
