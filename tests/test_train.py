@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -247,3 +248,31 @@ def test_dead_cells_stop_the_run(tmp_path: Path) -> None:
     config = small("model.alive_threshold=5.0")
     with pytest.raises(DivergenceError, match="dead"):
         train(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["trainer.bf16=true"],
+        ["trainer.grad.accumulate=2", "trainer.optimizer.name=adamw"],
+        [
+            "trainer.schedule.name=cosine",
+            "trainer.grad.normalize=false",
+            "trainer.grad.clip_norm=1.0",
+        ],
+        ["trainer.schedule.name=exponential", "trainer.schedule.gamma=0.5"],
+        ["trainer.gradient_checkpointing=4"],
+    ],
+)
+def test_trainer_options_train(tmp_path: Path, options: list[str]) -> None:
+    config = small("task=growing", "trainer.iterations=3", *options)
+    trainer = Trainer(config, tmp_path)
+    before = [p.detach().clone() for p in trainer.params]
+    lrs = []
+    for _ in range(3):
+        loss, grad_norm, _ = trainer.train_step()
+        lrs.append(trainer.scheduler.get_last_lr()[0])
+        assert np.isfinite(loss) and grad_norm > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
+    if "exponential" in " ".join(options):
+        assert lrs == pytest.approx([2e-3 * 0.5, 2e-3 * 0.25, 2e-3 * 0.125])
