@@ -60,7 +60,9 @@ def _scrub(record: logging.LogRecord) -> bool:
 
 
 def hide_secrets() -> None:
-    """Mask URL passwords in the log handlers and in the config files Hydra has saved."""
+    """Mask URL passwords in the log handlers, in the config files Hydra has saved, and in
+    ``sys.argv``, which Hydra has parsed already and W&B would record."""
+    sys.argv[:] = [mask_text(arg) for arg in sys.argv]
     for handler in logging.getLogger().handlers:
         if _scrub not in handler.filters:
             handler.addFilter(_scrub)

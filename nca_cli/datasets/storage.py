@@ -46,6 +46,10 @@ def download(url: str, dest: Path, checksum: str, algorithm: str = "md5") -> Pat
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out)
+            promised = response.headers.get("Content-Length") if response.headers else None
+            got = out.tell()
+        if promised and promised.isdigit() and got < int(promised):
+            raise OSError(f"the connection ended after {got} of {promised} bytes")
         actual = file_digest(tmp, algorithm)
         if actual != checksum:
             raise DataError(

@@ -55,9 +55,10 @@ def _mlp_forward(nca: NCA, h: Tensor, first: Tensor, keep: bool) -> tuple[Tensor
 
 
 def _mlp_backward(
-    nca: NCA, inputs: list[Tensor], grad: Tensor, first: Tensor, need: list[bool]
-) -> tuple[Tensor, list[Tensor | None]]:
-    """Gradients of the MLP from its layer inputs: (input rows, [dW, db per layer])."""
+    nca: NCA, inputs: list[Tensor], grad: Tensor, first: Tensor, need: list[bool], need_in: bool
+) -> tuple[Tensor | None, list[Tensor | None]]:
+    """Gradients of the MLP from its layer inputs: (input rows if ``need_in``, [dW, db per
+    layer])."""
     layers = nca.update.layers
     relu = nca.update.act is F.relu
     grads: list[Tensor | None] = []
@@ -67,6 +68,8 @@ def _mlp_backward(
             torch.mm(grad.t(), h) if need[2 * i] else None,
             grad.sum(0) if need[2 * i + 1] else None,
         ]
+        if i == 0 and not need_in:
+            return None, grads
         grad = torch.mm(grad, first if i == 0 else layers[i].weight)
         if i > 0:  # through the activation that produced h
             if relu:
@@ -210,21 +213,31 @@ class FusedStep(torch.autograd.Function):
         else:
             f_rows = saved
         _, inputs = _mlp_forward(nca, f_rows, first, keep=True)
-        grad_f_rows, mlp_grads = _mlp_backward(nca, inputs, grad_dx, first, need[:n_mlp])
+        if perm is not None:
+            need_f = need_x
+        elif ctx.recompute:
+            need_f = need_x or any(need[n_mlp:])
+        else:
+            need_f = ctx.needs_input_grad[2]
+        grad_f_rows, mlp_grads = _mlp_backward(nca, inputs, grad_dx, first, need[:n_mlp], need_f)
         if perm is not None and mlp_grads[0] is not None:
             mlp_grads[0] = torch.empty_like(mlp_grads[0]).index_copy_(1, perm, mlp_grads[0])
+        rest = [None] * (len(need) - n_mlp)  # the perception's parameters, when inputs
+        no_grad_f = (None, grad_x.permute(0, 3, 1, 2), None, None, None, *mlp_grads, *rest)
+        if grad_f_rows is None:
+            return no_grad_f
         if idx is None:
             grad_f = grad_f_rows
         else:
             grad_f = grad_f_rows.new_zeros((b * h * w, grad_f_rows.shape[1]))
             grad_f.index_copy_(0, idx, grad_f_rows)
         grad_f = grad_f.view(b, h, w, -1).permute(0, 3, 1, 2)
+
         # The perception's backward: the Sobel adjoint, autograd's own (features given), or
         # autograd on the recomputation.
         if perm is not None:
-            if need_x:
-                _sobel_adjoint(nca, grad_f, perm, flat)
-            return (None, grad_x.permute(0, 3, 1, 2), None, None, None, *mlp_grads)
+            _sobel_adjoint(nca, grad_f, perm, flat)
+            return no_grad_f
         if not ctx.recompute:
             return (None, grad_x.permute(0, 3, 1, 2), grad_f, None, None, *mlp_grads)
         p_need = need[n_mlp:]

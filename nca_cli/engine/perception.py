@@ -223,6 +223,10 @@ PERCEPTIONS: dict[str, tuple[type, type[Perception]]] = {
     "multi": (MultiParams, MultiPerception),
 }
 
+# Attention and deformable convolution register themselves here; imported after the
+# registry exists so that either module may be imported first.
+import nca_cli.engine.perception_learned  # noqa: E402, F401
+
 
 def build_perception(
     cfg: Mapping[str, Any], channels: int, padding: str, where: str = "perception"

@@ -450,9 +450,9 @@ def train(
                 f"builds ({type(err).__name__}: {first})"
             ) from None
         trainer.saved_iteration = trainer.iteration
-        for name in ("metrics.jsonl", "regen.jsonl"):  # rows written after the checkpoint
-            _trim_rows(run_dir / name, trainer.iteration)
         log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
+    for name in ("metrics.jsonl", "regen.jsonl"):  # rows written after the checkpoint
+        _trim_rows(run_dir / name, trainer.iteration)
     write_text_atomic(
         run_dir / "config.yaml", yaml.safe_dump(mask_secrets(config), sort_keys=False)
     )

@@ -4,7 +4,6 @@ and what is allowed; random override sets (hypothesis) find no other failure mod
 from __future__ import annotations
 
 import os
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import torch
 from hydra.errors import HydraException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_support import TINY, assert_clean_error
+from reliability_support import TINY, assert_clean_error, run_main
 
 from nca_cli.commands import train
 from nca_cli.config import ConfigError, compose, config_groups, parse_run_config
@@ -67,17 +66,7 @@ def test_bad_value_is_one_clear_error(override: str, key: str, value: str, allow
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """``nca train ARGV`` in this process; its exit status and its output."""
-    argv_before = list(sys.argv)
-    try:
-        train.main(argv)
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    finally:
-        sys.argv = argv_before
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    return run_main(train.main, argv, capsys)
 
 
 @pytest.mark.parametrize(
