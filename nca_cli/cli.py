@@ -93,5 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"nca: unknown command {name!r}\n\n{_usage()}", file=sys.stderr, end="")
         sys.exit(2)
-    module = importlib.import_module(COMMANDS[name][0])
-    module.main(args[1:])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        module.main(args[1:])
+    except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling
+        print(f"\nnca {name}: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -501,7 +501,9 @@ class OptunaSweeper(Sweeper):
         again = [_shorthand(a) for a in sys.argv[1:] if a not in ("-m", "--multirun")]
         if not any(a.startswith("study=") for a in again):
             again.append(f"study={self.study_name}")
-        return "nca sweep " + " ".join(shlex.quote(a) for a in again)
+        from nca_cli.config import mask_text  # a password is never printed
+
+        return mask_text("nca sweep " + " ".join(shlex.quote(a) for a in again))
 
     def _write_table(self, study: optuna.Study) -> None:
         from nca_cli.sweeping.summary import write_csv

@@ -28,8 +28,11 @@ Evaluate = Callable[..., Mapping[str, float]]  # (config, run_dir, report=...) -
 def run_trial(cfg: DictConfig, evaluate: Evaluate | None = None) -> dict[str, float]:
     """Train the job's config in its folder; an error is kept in ``error.txt`` there and
     raised again for the sweeper to record."""
+    from nca_cli.commands.train import hide_secrets
+
     if evaluate is None:
         from nca_cli.training.trainer import train as evaluate
+    hide_secrets()  # a storage URL's password must not stay in the trial's saved files
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -194,12 +194,6 @@ postgres = _postgres_fixture()
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="nca sweep (nca_cli/sweeping, not yet masked): each trial's .hydra/hydra.yaml and "
-    "the printed resume command hold storage= as typed; run_trial could call "
-    "nca_cli.commands.train.hide_secrets() and print mask_text(command)",
-    strict=False,
-)
 def test_no_secret_reaches_a_sweep_folder(postgres: str, tmp_path: Path) -> None:
     """``storage=`` with a password on the command line of ``nca sweep``."""
     url = postgres.replace("postgresql+psycopg://nca@", f"postgresql+psycopg://nca:{SECRET}@")
