@@ -99,6 +99,11 @@ class SobelPerception(Perception):
         filters = [identity, dx, dy] + ([LAPLACIAN] if params.laplacian else [])
         kernel = torch.stack(filters)[:, None].repeat(channels, 1, 1, 1)
         self.register_buffer("kernel", kernel, persistent=False)
+        # The same filters in filter-major order, for the fused step: column f * C + c of
+        # its features is column ``order[f * C + c] = c * n_filters + f`` of ours.
+        order = torch.arange(kernel.shape[0]).view(channels, len(filters)).t().flatten()
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("kernel_filter_major", kernel[order], persistent=False)
         self.channels = channels
         self.padding = padding
         self.radius = 1
