@@ -76,8 +76,9 @@ def test_every_preset_composes_and_builds(group: str, option: str) -> None:
 
 
 def test_distill_model_is_the_published_8336_parameters() -> None:
-    config = compose(["model=distill", "trainer=distill", "task=regenerating"])
-    _, nca = build(config)
+    config = compose(["experiment=distill"])
+    task, nca = build(config)
+    assert task.fresh(1, torch.Generator())["state"].shape[-2:] == (72, 72)
     assert sum(p.numel() for p in nca.parameters()) == 8336
     assert nca.perception.out_features == 48
     assert nca.fire_rate == 0.5 and nca.alive_threshold == 0.1
