@@ -15,6 +15,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sweep_support import in_process, load, sweep_root
 
 from nca_cli.commands import sweep
 from nca_cli.sweeping.space import format_value, split_arguments
@@ -33,26 +34,6 @@ def nca_sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
-
-
-def in_process(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """``nca sweep`` in this process (no start-up cost); its exit status."""
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    try:
-        sweep.main(list(args))
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
-def sweep_root() -> Path:
-    return Path(os.environ["NCA_OUTPUT_DIR"]) / "sweep"
-
-
-def load(sweep_dir: Path) -> optuna.Study:
-    url = f"sqlite:///{sweep_dir / 'optuna.db'}"
-    (name,) = optuna.get_all_study_names(url)
-    return optuna.load_study(study_name=name, storage=url)
 
 
 def flat(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +14,11 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sweep_support import in_process, load, sweep_root
 
 from nca_cli.commands import sweep
 
 DATA = ["task=shapes", "trainer=smoke", "logger=none", "dataset.samples=30"]
-
-
-def in_process(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """``nca sweep`` in this process (no start-up cost); its exit status."""
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    try:
-        sweep.main(list(args))
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
-def sweep_root() -> Path:
-    return Path(os.environ["NCA_OUTPUT_DIR"]) / "sweep"
-
-
-def load(sweep_dir: Path) -> optuna.Study:
-    url = f"sqlite:///{sweep_dir / 'optuna.db'}"
-    (name,) = optuna.get_all_study_names(url)
-    return optuna.load_study(study_name=name, storage=url)
 
 
 def trial_dirs(sweep_dir: Path) -> list[Path]:
