@@ -31,6 +31,29 @@ class LossConfig:
     name: str = "mse"
 
 
+class CoTrained(ABC):
+    """Modules a task trains beside the NCA with their own optimiser (a GAN's
+    discriminator), built by :meth:`Task.build_cotrained`.
+
+    The trainer calls :meth:`update` once per iteration, after the NCA's optimiser step,
+    with the iteration's final states (detached; under gradient accumulation, those of the
+    last micro-batch) and their batch, and logs the scalars it returns beside the loss. It
+    saves :meth:`state_dict` (modules, optimisers, random streams) in every checkpoint and
+    loads it on resume, so a resumed run continues exactly.
+    """
+
+    @abstractmethod
+    def update(self, state: Tensor, batch: Batch) -> dict[str, float]:
+        """Train the modules on one batch; returns scalars to log (e.g. ``d_loss``)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: tensors and plain values (``weights_only``)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Task(ABC):
     """A task declares its layout and data, builds samples, and scores states.
 
@@ -48,6 +71,8 @@ class Task(ABC):
     objective: ClassVar[tuple[str, str]] = ("loss", "minimize")
     # Case ids per split for data tasks (saved with every run as splits.json).
     splits: dict[str, list[str]] | None = None
+    # The sample sets `nca eval --sets` grows and measures (those the task has).
+    evaluation_sets: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 
     def __init__(self, run: RunConfig) -> None:
         self.run = run
@@ -81,6 +106,19 @@ class Task(ABC):
     @abstractmethod
     def loss(self, state: Tensor, batch: Batch) -> Tensor:
         """Per-sample loss ``(B,)`` of final states against the batch's targets."""
+
+    def rank_loss(self, state: Tensor, batch: Batch) -> Tensor:
+        """Per-sample ``(B,)`` badness that orders pooled samples (the worst are replaced,
+        the best damaged); the loss by default. A task whose loss depends on co-trained
+        modules (an adversarial term) ranks by a fixed measure instead."""
+        return self.loss(state, batch)
+
+    def build_cotrained(self, device: torch.device) -> CoTrained | None:
+        """The modules this task trains beside the NCA (see :class:`CoTrained`) on
+        ``device``, or None. The trainer calls it once, right after building the NCA (so
+        their initial weights follow the run's seed); the task keeps them to use in
+        :meth:`loss`."""
+        return None
 
     def metrics(self, state: Tensor, batch: Batch) -> dict[str, float]:
         """Scalar quality figures of one batch of final states."""

@@ -18,7 +18,12 @@ reason, when the perturbation does not change the metric). Image tasks are measu
 LPIPS (the primary metric), MSE and PSNR; other tasks with their own metrics (Dice,
 accuracy, ...). Outputs go to <run>/eval/<timestamp>/: eval.json, metrics.png (metric vs
 step), strip.png (before, damaged, recovered), rollout.gif and uncertainty.png (per-cell
-std over the stochastic rollouts), and to W&B in the training run's group."""
+std over the stochastic rollouts), and to W&B in the training run's group.
+
+With --sets (or --compare) it measures sample sets instead: every sample of each set (train,
+val and the task's own, e.g. edges2emoji's ood and drawings) grows for --steps steps;
+LPIPS and MSE where a ground truth exists; grid.png shows input | run | [--compare run] |
+target per sample and sets.json holds the figures."""
 
 EPILOG = """\
 examples:
@@ -28,7 +33,10 @@ examples:
   nca eval --damage rect --size 0.3 0.5         sides drawn per sample in [0.3, 0.5]
   nca eval --mutate                             conditional / classification tasks
   nca eval --damage noise --rate 0.3 fire_rate=0.3   key=value overrides the saved config
-  nca eval --stage1 8 12 --stage2 19 --perturb-at 20 --stage3 40   a short protocol"""
+  nca eval --stage1 8 12 --stage2 19 --perturb-at 20 --stage3 40   a short protocol
+  nca eval --run outputs/train/<run> --sets                 LPIPS/MSE of every set
+  nca eval --run outputs/train/<mse run> --compare outputs/train/<gan run>   side by side
+  nca eval --run outputs/train/<run> --sets val ood --steps 96 --show 8"""
 
 # A key=value override (Hydra's grammar); split off before argparse so that an option
 # taking one or two numbers (--radius 0.3) never swallows it.
@@ -171,6 +179,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STEP",
         help="Stage 3: the metric after regrowth, m_final of Recovery%% (default 449)",
     )
+    sets = p.add_argument_group("sample sets and comparison (instead of the protocol)")
+    sets.add_argument(
+        "--sets",
+        nargs="*",
+        metavar="SET",
+        help="grow these sets (default, with no names: every set of the task, e.g. train val "
+        "ood drawings) and measure LPIPS and MSE where a ground truth exists; writes "
+        "sets.json and grid.png (input | run | target)",
+    )
+    sets.add_argument(
+        "--compare",
+        type=Path,
+        metavar="RUN",
+        help="a second run (folder or checkpoint) of the same task and data, e.g. loss=gan "
+        "beside loss=mse: its column joins the grid (input | run | RUN | target) and its "
+        "figures the table; implies --sets",
+    )
+    sets.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="rollout steps of --sets (default: the run's trainer.steps.max)",
+    )
+    sets.add_argument(
+        "--show",
+        type=int,
+        default=4,
+        metavar="K",
+        help="samples per set in grid.png (default 4)",
+    )
     out = p.add_argument_group("measurement and output")
     out.add_argument(
         "--curve-every",
@@ -210,6 +248,11 @@ def main(argv: list[str]) -> None:
         parser.error(f"unrecognised argument {args.overrides[0]!r}: overrides are key=value")
     if args.mutate and args.damage not in (None, "none"):
         parser.error("--mutate replaces damage: drop --damage")
+    if args.compare is not None and args.sets is None:
+        args.sets = []
+    if args.sets is not None:
+        _sets(parser, args, overrides)
+        return
     kind = "none" if args.mutate else (args.damage or "circle")
     for option, kinds in SHAPE_OPTIONS.items():
         if getattr(args, option) is not None and kind not in kinds:
@@ -245,6 +288,46 @@ def main(argv: list[str]) -> None:
         checkpoint = find_checkpoint(args.run, args.checkpoint)
         print(f"evaluating {checkpoint}", file=sys.stderr)
         evaluate(checkpoint, protocol, overrides, wandb=not args.no_wandb)
+    except (EvalError, ConfigError, CheckpointError, DataError) as err:
+        print(f"nca eval: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("nca eval: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _sets(parser: argparse.ArgumentParser, args: argparse.Namespace, overrides: list[str]) -> None:
+    """``--sets`` / ``--compare``: measure the task's sample sets, not the protocol."""
+    protocol_only = ["damage", "mutate", *SHAPE_OPTIONS]
+    for option in protocol_only:
+        if getattr(args, option) not in (None, False):
+            parser.error(f"--{option} belongs to the regeneration protocol, not to --sets")
+    if args.split != "val":
+        parser.error("--split belongs to the protocol: name the sets with --sets SET ...")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
+    if args.show < 1:
+        parser.error("--show must be >= 1")
+
+    from nca_cli.config import ConfigError
+    from nca_cli.datasets.storage import DataError
+    from nca_cli.evaluation import EvalError
+    from nca_cli.evaluation.runs import find_checkpoint, load_run
+    from nca_cli.evaluation.sets import evaluate_sets
+    from nca_cli.training.checkpoint import CheckpointError
+
+    try:
+        paths = [find_checkpoint(args.run, args.checkpoint)]
+        if args.compare is not None:
+            other = args.compare
+            paths.append(
+                find_checkpoint(checkpoint=other) if other.is_file() else find_checkpoint(other)
+            )
+        print("evaluating " + " and ".join(str(p) for p in paths), file=sys.stderr)
+        runs = [load_run(path, overrides) for path in paths]
+        evaluate_sets(
+            runs, args.sets, args.steps, args.seed, args.lpips_net, args.show, not args.no_wandb
+        )
     except (EvalError, ConfigError, CheckpointError, DataError) as err:
         print(f"nca eval: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -77,6 +77,9 @@ class Trainer:
         self.nca = build_model(
             run.model, run.perception, self.task.layout, self.task.alive_channel
         ).to(self.device)
+        # Modules the task trains beside the NCA (a GAN's discriminator), or None.
+        self.cotrained = self.task.build_cotrained(self.device)
+        self.cotrained_metrics: dict[str, float] = {}
         self.params = list(self.nca.parameters())
         t = run.trainer
         self.optimizer = build_optimizer(self.params, t.optimizer)
@@ -102,6 +105,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "pool": self.pool.state_dict() if self.pool is not None else None,
+            "cotrained": self.cotrained.state_dict() if self.cotrained is not None else None,
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
             "config": mask_secrets(self.config),
             "environment": environment(),
@@ -116,6 +120,8 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         if self.pool is not None:
             self.pool.load_state_dict(self._to_device(payload["pool"]))
+        if self.cotrained is not None:
+            self.cotrained.load_state_dict(payload["cotrained"])
         self.generator.set_state(payload["rng"]["generator"])
         torch.set_rng_state(payload["rng"]["torch"])
         self.wandb_id = payload.get("wandb_id")
@@ -137,7 +143,7 @@ class Trainer:
             return None, self._to_device(self.task.fresh(b, self.generator))
         idx, batch = self.pool.sample(b, self.generator)
         with torch.no_grad():
-            losses = self.task.loss(batch["state"], batch)
+            losses = self.task.rank_loss(batch["state"], batch)
         batch = renew(
             batch,
             losses,
@@ -183,6 +189,8 @@ class Trainer:
             )
         self.optimizer.step()
         self.scheduler.step()
+        if self.cotrained is not None:
+            self.cotrained_metrics = self.cotrained.update(state.detach(), batch)
         self.iteration += 1
         if self.nca.alive_channel is not None and not bool(self.nca.alive(state).any()):
             raise DivergenceError(
@@ -279,6 +287,7 @@ class Trainer:
                         "log10_loss": math.log10(max(loss, 1e-12)),
                         "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": grad_norm,
+                        **self.cotrained_metrics,
                     }
                     logger.metrics(row, step=i)
                     with metrics_file.open("a") as f:
