@@ -146,6 +146,9 @@ class ModelConfig:
     fire_rate: float = 0.5
     alive_mask: bool = True
     alive_threshold: float = 0.1
+    # Alive = 3x3 max-pool of the alive channel > threshold (growing NCA); False: the
+    # channel itself > threshold (self-classifying MNIST: input > 0.1).
+    alive_pool: bool = True
     padding: str = "zeros"
     update_noise: float = 0.0
     zero_init: bool = True

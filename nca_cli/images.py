@@ -1,10 +1,37 @@
-"""Image helpers shared by tasks, training and evaluation: uint8 conversion, grids, GIFs."""
+"""Image helpers shared by tasks, training and evaluation: reading image files, uint8
+conversion, grids, GIFs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+    from torch import Tensor
+
+
+def read_image(path: Path, mode: str, error: type[Exception]) -> Image:
+    """The image file at ``path`` converted to ``mode`` ("RGB", "RGBA", "L"), read whole so
+    the file is closed; a missing, truncated or non-image file raises ``error`` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode)
+    except (UnidentifiedImageError, OSError) as err:
+        raise error(f"cannot read image {path}: {err}") from None
+
+
+def image_tensor(image: Image) -> Tensor:
+    """A Pillow image as a float ``(C, H, W)`` tensor in [0, 1]."""
+    import torch
+
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

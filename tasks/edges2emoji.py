@@ -28,7 +28,7 @@ from nca_cli.config import ConfigError, RunConfig, parse, require
 from nca_cli.datasets.splits import random_split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
-from nca_cli.images import to_uint8
+from nca_cli.images import image_tensor, read_image, to_uint8
 from nca_cli.tasks._cases import CaseTask
 from nca_cli.tasks.base import CoTrained, LossConfig
 from nca_cli.tasks.growing import rgba_to_rgb
@@ -65,11 +65,10 @@ def _read(name: str, mode: str, size: int) -> Tensor:
     (``mode="L"``) are max-pooled when shrunk, so thin strokes keep their strength."""
     ref = resources.files(__package__) / "assets" / "faces" / name
     with resources.as_file(ref) as path:
-        image = Image.open(path).convert(mode)
+        image = read_image(path, mode, ConfigError)
     if mode != "L" and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    out = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
+    out = image_tensor(image)
     if mode == "L" and size < out.shape[-1]:
         out = F.adaptive_max_pool2d(out, size)
     elif mode == "L" and size > out.shape[-1]:

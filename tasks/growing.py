@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from nca_cli.config import ConfigError, require
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
-from nca_cli.images import to_uint8
+from nca_cli.images import image_tensor, read_image, to_uint8
 from nca_cli.tasks.base import Task
 
 
@@ -35,12 +35,10 @@ def load_rgba(target: str, size: int, key: str = "dataset.target") -> Tensor:
     The image is shrunk to fit ``size`` x ``size`` keeping its aspect ratio, as the Distill
     notebook does; returns a ``(4, H, W)`` float tensor in [0, 1].
     """
-    path: Path | None = None
     if target in bundled_emoji():
         ref = resources.files(__package__) / "assets" / "emoji" / f"{target}.png"
         with resources.as_file(ref) as p:
-            image = Image.open(p)
-            image.load()
+            image = read_image(p, "RGBA", ConfigError)
     else:
         path = Path(target).expanduser()
         if not path.is_file():
@@ -49,14 +47,9 @@ def load_rgba(target: str, size: int, key: str = "dataset.target") -> Tensor:
                 + ", ".join(bundled_emoji())
                 + ") nor an image file"
             )
-        try:
-            image = Image.open(path)
-            image.load()
-        except (UnidentifiedImageError, OSError) as err:
-            raise ConfigError(f"cannot read image {path}: {err}") from None
-    image = image.convert("RGBA")
+        image = read_image(path, "RGBA", ConfigError)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    rgba = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    rgba = image_tensor(image)
     return torch.cat([rgba[:3] * rgba[3:], rgba[3:]])
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor, nn
 
 from nca_cli.config import ConfigError, RunConfig, require
 from nca_cli.datasets.storage import data_root
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
-from nca_cli.images import to_uint8
+from nca_cli.images import image_tensor, read_image, to_uint8
 from nca_cli.tasks.base import LossConfig, Task
 
 # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of torchvision's vgg16().features.
@@ -102,17 +102,12 @@ def load_texture(target: str, size: int, key: str = "dataset.target") -> Tensor:
             f"invalid value for '{key}': {target!r}: no image file at {path} (a relative "
             "path is taken under NCA_DATA_DIR)"
         )
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise ConfigError(f"cannot read image {path}: {err}") from None
-    image = image.convert("RGB")
+    image = read_image(path, "RGB", ConfigError)
     w, h = image.size
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
     image = image.resize((size, size), Image.Resampling.LANCZOS, box=box)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return image_tensor(image)
 
 
 @dataclass

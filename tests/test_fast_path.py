@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nca_cli.config import ModelConfig
-from nca_cli.engine.fused import block_rows
+from nca_cli.engine.fused import _dilate, block_rows
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
-from nca_cli.engine.perception import build_perception
+from nca_cli.engine.perception import build_perception, max3x3, pad
 
 CONV3 = {"kind": "conv", "kernel_size": 3}
 PERCEPTIONS: dict[str, dict[str, Any]] = {
@@ -104,6 +104,24 @@ def test_fast_step_matches_reference_with_options(perception: str, options: dict
     nca = make_nca(PERCEPTIONS[perception], **options)
     x0 = state()
     assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
+
+
+@pytest.mark.parametrize("fixed", [0, 1])
+@pytest.mark.parametrize("perception", ["sobel", "conv", "dilated"])
+def test_fast_step_matches_reference_without_alive_pooling(perception: str, fixed: int) -> None:
+    """``alive_pool`` false (self-classifying MNIST): a cell is alive by its own value, so
+    the fused step's reach around the alive mask is the cell itself."""
+    nca = make_nca(PERCEPTIONS[perception], fixed=fixed, alive_pool=False, update_noise=0.02)
+    assert not nca.alive_pool
+    x0 = state(height=12, width=10, dead=0.5)
+    assert nca.alive_channel is not None
+    a = x0[:, nca.alive_channel : nca.alive_channel + 1]
+    alive = nca.alive(x0)
+    assert torch.equal(alive, a > 0.1)
+    assert (alive != (max3x3(pad(a, 1, "zeros")) > 0.1)).any()  # differs from pooling
+    assert torch.equal(_dilate(nca, alive), alive)  # the MLP runs on living cells only
+    assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
+    assert_same(run(nca, x0, 3, True, grad_x=False), run(nca, x0, 3, False, grad_x=False))
 
 
 @pytest.mark.parametrize("padding", ["zeros", "circular"])

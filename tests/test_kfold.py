@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from nca_cli.config import compose
-from nca_cli.crossval import make_folds
+from nca_cli.crossval import case_pool, make_folds
 from nca_cli.training.checkpoint import load_checkpoint
 from nca_cli.training.trainer import Trainer
 
@@ -58,6 +58,23 @@ def test_stratified_folds_keep_class_ratios() -> None:
     by_id = dict(zip(ids, labels, strict=True))
     for fold in make_folds(ids, 5, seed=0, labels=labels):
         assert Counter(by_id[c] for c in fold["val"]) == {0: 16, 1: 4}
+
+
+def test_classification_folds_are_stratified_over_train_and_val_only() -> None:
+    """PneumoniaMNIST: folds over the official train + val cases, by class; test kept out."""
+    config = compose(
+        ["task=medmnist", "dataset.name=pneumoniamnist", "trainer=smoke", "logger=none"]
+    )
+    pool = case_pool(config)
+    assert pool.labels is not None and len(pool.cases) == 4708 + 524 and len(pool.test) == 624
+    assert not set(pool.cases) & set(pool.test)
+    by_id = dict(zip(pool.cases, pool.labels, strict=True))
+    overall = Counter(pool.labels)
+    folds = make_folds(pool.cases, 5, pool.seed, pool.labels)
+    for fold in folds:
+        counts = Counter(by_id[c] for c in fold["val"])
+        for label, n in overall.items():
+            assert abs(counts[label] - n / 5) <= 1, (label, counts, overall)
 
 
 def test_kfold_writes_folds_runs_and_summary(finished: Path) -> None:

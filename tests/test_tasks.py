@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from nca_cli.tasks.medmnist import classification_metrics
 from nca_cli.training.trainer import train
 
 SMOKE = ["trainer=smoke", "logger=none"]
+STEPS4 = ["trainer.steps.min=4", "trainer.steps.max=4"]
 # Each task with overrides that keep its smoke training to seconds.
 TASKS = {
     "growing": ["task=growing"],
     "emoji_conditional": ["task=emoji_conditional", "dataset.size=12", "dataset.padding=4"],
     "shapes": ["task=shapes", "dataset.samples=20", "dataset.size=16"],
-    "kvasir": ["task=kvasir", "dataset.size=16", "dataset.download=false"],
+    "kvasir": ["task=kvasir", "dataset.size=16", "dataset.download=false", *STEPS4],
+    "kvasir_dilated": ["task=kvasir", "perception=dilated", "dataset.size=16", *STEPS4],
     "mnist": [
         "task=mnist",
         "task.evaluation.samples=8",
@@ -132,6 +135,92 @@ def test_mnist_preset_is_the_published_22499_parameters() -> None:
     assert run.model.update_noise == 0.02 and run.model.fire_rate == 0.5
     pool = config["task"]["pool"]
     assert (pool["size"], pool["replace"], pool["mutate"]) == (160, 4, 4)
+
+
+def test_mnist_model_masks_exactly_the_cells_with_input_at_most_0_1() -> None:
+    """Alive = input > 0.1 (Randazzo et al.), no 3x3 max-pool: the digit's border cells die."""
+    task, config = make_task(*TASKS["mnist"])
+    run = parse_run_config(config)
+    assert run.model.alive_pool is False
+    nca = build_model(run.model, run.perception, task.layout, task.alive_channel)
+    assert not isinstance(nca, CascadeNCA) and nca.alive_channel == 0
+    torch.nn.init.normal_(nca.update.layers[-1].bias, std=0.1)  # every update non-zero
+    nca.fire_rate = 1.0
+    state = task.fresh(4, torch.Generator().manual_seed(0))["state"]
+    state[:, 1:] = torch.rand_like(state[:, 1:]) + 0.5
+    dead = state[:, :1] <= 0.1
+    assert dead.any() and (~dead).any()
+    assert torch.equal(nca.alive(state), ~dead)
+    assert torch.equal(task.alive(state).bool(), ~dead)
+    for fast in (True, False):
+        nca.fast = fast
+        with torch.no_grad():
+            out, _ = nca.rollout(state, 2, torch.Generator().manual_seed(1))
+        assert torch.equal(out[:, :1], state[:, :1])  # the input stays
+        assert (out[:, 1:] == 0).all(1, keepdim=True).eq(dead).all(), fast
+
+
+def test_mnist_accuracy_and_agreement_on_hand_made_votes() -> None:
+    """Only living cells (input > 0.1) count; agreement is the majority's share."""
+    task, _ = make_task(*TASKS["mnist"])
+    state = torch.zeros(2, task.layout.channels, 3, 3)
+    state[:, 0, 0, :] = 0.5  # row 0 and cell (1, 0) alive: 4 cells
+    state[:, 0, 1, 0] = 0.9
+    votes = task.layout.visible_slice
+    state[:, votes.start + 7] = 1.0  # every cell votes 7, the dead ones included
+    alive_votes = [(0, 0), (0, 1), (0, 2), (1, 0)]
+    for (y, x), vote in zip(alive_votes, [3, 3, 3, 5], strict=True):  # sample 0: label 3
+        state[0, votes, y, x] = torch.eye(10)[vote]
+    for (y, x), vote in zip(alive_votes, [1, 1, 2, 2], strict=True):  # sample 1: label 0
+        state[1, votes, y, x] = torch.eye(10)[vote]
+    out = task.predict(state, {"state": state, "label": torch.tensor([3, 0])})
+    torch.testing.assert_close(out["accuracy"], torch.tensor([0.75, 0.0]))
+    torch.testing.assert_close(out["agreement"], torch.tensor([0.75, 0.5]))
+
+
+def test_mnist_evaluation_averages_steps_20_to_30_and_scores_step_200() -> None:
+    """A fake rollout whose cells all vote ``step % 10``: the window holds steps 20..30
+    (both ends, 11 values) and the final figure is step 200's."""
+    task, _ = make_task(
+        *TASKS["mnist"], "task.evaluation.window=[20,30]", "task.evaluation.final=200"
+    )
+    clock = task.layout.visible_slice.stop  # a hidden channel counts the steps
+
+    def rollout(state: torch.Tensor, steps: int) -> torch.Tensor:
+        state = state.clone()
+        state[:, clock] += steps
+        step = int(state[0, clock, 0, 0])
+        state[:, task.layout.visible_slice] = torch.eye(10)[step % 10].view(1, 10, 1, 1)
+        return state
+
+    metrics = task.evaluate(rollout, "val", 3, steps=0)
+    labels = task.labels[task.rows["val"][:8]]
+    window = [sum(t % 10 == int(y) for t in range(20, 31)) / 11 for y in labels]
+    assert metrics["accuracy_20_30"] == pytest.approx(sum(window) / 8)
+    assert metrics["accuracy"] == pytest.approx(float((labels == 0).float().mean()))
+    assert metrics["agreement"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", sorted(set(TASKS) - {"kvasir_dilated"}))
+def test_eval_protocol_runs_on_every_task(name: str, tmp_path: Path) -> None:
+    """What `nca eval` runs, with damage and, where the task mutates, with mutation."""
+    from nca_cli.config import ProtocolSteps
+    from nca_cli.evaluation.protocol import ProtocolConfig, figures, run_protocol
+    from nca_cli.evaluation.runs import load_run
+
+    train(compose([*SMOKE, *TASKS[name]]), tmp_path)
+    loaded = load_run(tmp_path / "last.ckpt")
+    steps = ProtocolSteps(stage1=[2, 3], stage2=4, perturb_at=5, stage3=8)
+    cfg = ProtocolConfig(steps=steps, samples=3, curve_every=0, detail=False)
+    perturbations = [cfg] + (
+        [replace(cfg, damage=None, mutate=True)] if loaded.task.mutable else []
+    )
+    assert loaded.task.mutable == (name in ("mnist", "emoji_conditional"))
+    for protocol in perturbations:
+        result = figures(run_protocol(loaded.task, loaded.nca, protocol))
+        assert result["recovery_pct"]["metric"] in ("lpips", loaded.task.objective[0])
+        stage3 = result[f"{result['recovery_pct']['metric']}_stage3"]
+        assert np.isfinite(stage3["mean"]), (name, protocol.mutate, stage3)
 
 
 def test_mutations_switch_the_condition_and_keep_the_state() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from nca_cli.datasets.storage import DataError, data_root, download, safe_extract
+from nca_cli.images import image_tensor, read_image
 
 KVASIR_URL = "https://datasets.simula.no/downloads/kvasir-seg.zip"
 KVASIR_SHA256 = "03b30e21d584e04facf49397a2576738fd626815771afbbf788f74a7153478f7"
@@ -62,18 +63,9 @@ def paired_files(folder: Path) -> list[tuple[str, Path, Path]]:
     return [(name, images[name], masks[name]) for name in sorted(images)]
 
 
-def _open(path: Path, mode: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert(mode)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
-
-
 def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[Tensor, Tensor]:
     """An RGB image ``(3, size, size)`` in [0, 1] and its binarised mask ``(1, size, size)``."""
-    image, mask = _open(image_path, "RGB"), _open(mask_path, "L")
+    image, mask = read_image(image_path, "RGB", DataError), read_image(mask_path, "L", DataError)
     if image.size != mask.size:
         raise DataError(
             f"image {image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
@@ -81,6 +73,6 @@ def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[Tensor, Ten
         )
     image = image.resize((size, size), Image.Resampling.BILINEAR)
     mask = mask.resize((size, size), Image.Resampling.BILINEAR)
-    rgb = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    rgb = image_tensor(image)
     binary = torch.from_numpy((np.asarray(mask, dtype=np.float32) / 255.0 > 0.5).astype(np.float32))
     return rgb, binary[None]

@@ -45,6 +45,7 @@ class NCA(nn.Module):
         fire_rate: float = 0.5,
         alive_channel: int | None = None,
         alive_threshold: float = 0.1,
+        alive_pool: bool = True,
         padding: str = "zeros",
         update_noise: float = 0.0,
         zero_init: bool = True,
@@ -58,16 +59,20 @@ class NCA(nn.Module):
         self.fire_rate = fire_rate
         self.alive_channel = alive_channel
         self.alive_threshold = alive_threshold
+        self.alive_pool = alive_pool
         self.padding = padding
         self.update_noise = update_noise
         # The fused step (nca_cli.engine.fused) where it applies; False: the reference step.
         self.fast = True
 
     def alive(self, x: Tensor) -> Tensor:
-        """Cells with a living neighbour: 3x3 max-pool of the alive channel > threshold."""
+        """Cells with a living neighbour: 3x3 max-pool of the alive channel > threshold;
+        without ``alive_pool``, cells whose own alive channel is > threshold."""
         assert self.alive_channel is not None
-        a = pad(x[:, self.alive_channel : self.alive_channel + 1], 1, self.padding)
-        return max3x3(a) > self.alive_threshold
+        a = x[:, self.alive_channel : self.alive_channel + 1]
+        if not self.alive_pool:
+            return a > self.alive_threshold
+        return max3x3(pad(a, 1, self.padding)) > self.alive_threshold
 
     def draw_noise(self, x: Tensor, steps: int, generator: torch.Generator | None) -> StepNoise:
         """Draw the fire masks and update noise for ``steps`` steps of state ``x``."""
@@ -168,6 +173,7 @@ def build_nca(
         fire_rate=model.fire_rate,
         alive_channel=alive_channel if model.alive_mask else None,
         alive_threshold=model.alive_threshold,
+        alive_pool=model.alive_pool,
         padding=model.padding,
         update_noise=model.update_noise,
         zero_init=model.zero_init,
