@@ -28,10 +28,10 @@ from nca_cli.config import ConfigError, RunConfig, parse, require
 from nca_cli.datasets.splits import random_split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
-from nca_cli.images import image_tensor, read_image, to_uint8
+from nca_cli.images import image_tensor, read_image
 from nca_cli.tasks._cases import CaseTask
 from nca_cli.tasks.base import CoTrained, LossConfig
-from nca_cli.tasks.growing import rgba_to_rgb
+from nca_cli.tasks.growing import RGBAOutput, rgba_to_rgb
 from nca_cli.training.adversarial import Adversary, GanConfig, validate_gan
 
 # The side of the bundled images; other sizes are resampled from them.
@@ -112,7 +112,7 @@ def hand_drawn(
     return (np.clip(out, 0.0, 1.0) * rng.uniform(0.7, 1.0)).astype(np.float32)
 
 
-class Edges2EmojiTask(CaseTask):
+class Edges2EmojiTask(RGBAOutput, CaseTask):
     """RGBA visible channels (alpha at 3), the rest hidden; the edge image starts as the
     alpha channel, so the cells under the strokes live and the rest grows from them."""
 
@@ -240,14 +240,6 @@ class Edges2EmojiTask(CaseTask):
 
     def predict(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"mse": self.mse(state, batch)}
-
-    def score(self, outputs: dict[str, Tensor]) -> dict[str, float]:
-        mse = float(outputs["mse"].mean())
-        return {"mse": mse, "log10_mse": float(np.log10(max(mse, 1e-12)))}
-
-    def render(self, state: Tensor) -> np.ndarray:
-        rgb = rgba_to_rgb(state[:, self.layout.visible_slice].detach().float().cpu())
-        return to_uint8(rgb.permute(0, 2, 3, 1).numpy())
 
     def eval_images(self, state: Tensor, batch: Batch) -> tuple[Tensor, Tensor] | None:
         """The grown face and its emoji over white; None for the drawings (no truth)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,9 +16,8 @@ from torch import Tensor
 from nca_cli.config import RunConfig, require
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
-from nca_cli.images import to_uint8
 from nca_cli.tasks.base import Task
-from nca_cli.tasks.growing import load_rgba, rgba_to_rgb
+from nca_cli.tasks.growing import RGBAOutput, load_rgba, rgba_to_rgb
 
 
 @dataclass
@@ -33,7 +31,7 @@ class ConditionalEmojiDataset:
     padding: int = 16
 
 
-class ConditionalEmojiTask(Task):
+class ConditionalEmojiTask(RGBAOutput, Task):
     dataset_schema = ConditionalEmojiDataset
     objective = ("mse", "minimize")
 
@@ -100,10 +98,6 @@ class ConditionalEmojiTask(Task):
     def predict(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"mse": self.loss(state, batch)}
 
-    def score(self, outputs: dict[str, Tensor]) -> dict[str, float]:
-        mse = float(outputs["mse"].mean())
-        return {"mse": mse, "log10_mse": float(np.log10(max(mse, 1e-12)))}
-
     def evaluation_batches(self, split: str, batch_size: int):  # type: ignore[no-untyped-def]
         """Every emoji, each grown from its seed."""
         labels = torch.arange(len(self.targets))
@@ -115,10 +109,6 @@ class ConditionalEmojiTask(Task):
         """The grown image and the emoji its condition asks for, over white."""
         pred = rgba_to_rgb(state[:, self.layout.visible_slice].float())
         return pred, rgba_to_rgb(self.target_of(batch, pred.device))
-
-    def render(self, state: Tensor) -> np.ndarray:
-        rgb = rgba_to_rgb(state[:, self.layout.visible_slice].detach().float().cpu())
-        return to_uint8(rgb.permute(0, 2, 3, 1).numpy())
 
 
 TASK = ConditionalEmojiTask

@@ -59,6 +59,21 @@ def rgba_to_rgb(rgba: Tensor) -> Tensor:
     return (1.0 - alpha + rgb).clamp(0.0, 1.0)
 
 
+class RGBAOutput:
+    """Scores and pictures of tasks that grow premultiplied RGBA images in their visible
+    channels: MSE (with its log10, readable on a log scale) and renders over white."""
+
+    layout: ChannelLayout
+
+    def score(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        mse = float(outputs["mse"].mean())
+        return {"mse": mse, "log10_mse": float(np.log10(max(mse, 1e-12)))}
+
+    def render(self, state: Tensor) -> np.ndarray:
+        rgb = rgba_to_rgb(state[:, self.layout.visible_slice].detach().float().cpu())
+        return to_uint8(rgb.permute(0, 2, 3, 1).numpy())
+
+
 @dataclass
 class EmojiDataset:
     """``target``: bundled emoji name or image path; ``size``: its longest side in cells;
@@ -69,7 +84,7 @@ class EmojiDataset:
     padding: int = 16
 
 
-class GrowingTask(Task):
+class GrowingTask(RGBAOutput, Task):
     """RGBA visible channels with alpha at index 3, the rest hidden."""
 
     dataset_schema = EmojiDataset
@@ -105,14 +120,6 @@ class GrowingTask(Task):
 
     def predict(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"mse": self.loss(state, batch)}
-
-    def score(self, outputs: dict[str, Tensor]) -> dict[str, float]:
-        mse = float(outputs["mse"].mean())
-        return {"mse": mse, "log10_mse": float(np.log10(max(mse, 1e-12)))}
-
-    def render(self, state: Tensor) -> np.ndarray:
-        rgb = rgba_to_rgb(state[:, self.layout.visible_slice].detach().float().cpu())
-        return to_uint8(rgb.permute(0, 2, 3, 1).numpy())
 
     def eval_images(self, state: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """What :meth:`render` shows, as floats: premultiplied RGBA over white."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -258,13 +259,10 @@ def main(argv: list[str]) -> None:
         if getattr(args, option) is not None and kind not in kinds:
             parser.error(f"--{option} applies to --damage {' or '.join(kinds)}, not {kind}")
 
-    from nca_cli.config import ConfigError, ProtocolSteps
-    from nca_cli.datasets.storage import DataError
-    from nca_cli.evaluation import EvalError
+    from nca_cli.config import ProtocolSteps
     from nca_cli.evaluation.evaluate import evaluate
     from nca_cli.evaluation.protocol import ProtocolConfig, default_damage
     from nca_cli.evaluation.runs import find_checkpoint
-    from nca_cli.training.checkpoint import CheckpointError
 
     damage = None if kind == "none" else default_damage(kind)
     if damage is not None:
@@ -284,10 +282,25 @@ def main(argv: list[str]) -> None:
         curve_every=args.curve_every,
         lpips_net=args.lpips_net,
     )
-    try:
+
+    def run() -> None:
         checkpoint = find_checkpoint(args.run, args.checkpoint)
         print(f"evaluating {checkpoint}", file=sys.stderr)
         evaluate(checkpoint, protocol, overrides, wandb=not args.no_wandb)
+
+    _exit_cleanly(run)
+
+
+def _exit_cleanly(action: Callable[[], None]) -> None:
+    """Run ``action``; bad input (a run, checkpoint, config or data error) exits with status
+    2 and one line naming it, Ctrl-C with 130."""
+    from nca_cli.config import ConfigError
+    from nca_cli.datasets.storage import DataError
+    from nca_cli.evaluation import EvalError
+    from nca_cli.training.checkpoint import CheckpointError
+
+    try:
+        action()
     except (EvalError, ConfigError, CheckpointError, DataError) as err:
         print(f"nca eval: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -309,14 +322,10 @@ def _sets(parser: argparse.ArgumentParser, args: argparse.Namespace, overrides: 
     if args.show < 1:
         parser.error("--show must be >= 1")
 
-    from nca_cli.config import ConfigError
-    from nca_cli.datasets.storage import DataError
-    from nca_cli.evaluation import EvalError
     from nca_cli.evaluation.runs import find_checkpoint, load_run
     from nca_cli.evaluation.sets import evaluate_sets
-    from nca_cli.training.checkpoint import CheckpointError
 
-    try:
+    def run() -> None:
         paths = [find_checkpoint(args.run, args.checkpoint)]
         if args.compare is not None:
             other = args.compare
@@ -328,9 +337,5 @@ def _sets(parser: argparse.ArgumentParser, args: argparse.Namespace, overrides: 
         evaluate_sets(
             runs, args.sets, args.steps, args.seed, args.lpips_net, args.show, not args.no_wandb
         )
-    except (EvalError, ConfigError, CheckpointError, DataError) as err:
-        print(f"nca eval: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("nca eval: interrupted", file=sys.stderr)
-        sys.exit(130)
+
+    _exit_cleanly(run)
