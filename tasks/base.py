@@ -96,7 +96,8 @@ class Task(ABC):
 
     @property
     def alive_channel(self) -> int | None:
-        """The channel whose 3x3 max-pool decides which cells live (None: all live)."""
+        """The channel that decides which cells live (by ``model.alive_threshold``, after a
+        3x3 max-pool unless ``model.alive_pool`` is false); None: all live."""
         return self.layout.alpha_channel
 
     @abstractmethod

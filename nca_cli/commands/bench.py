@@ -37,6 +37,8 @@ class BenchCase:
     fire_rate: float = 0.5
     alive_mask: bool = True
     alive_threshold: float = 0.1
+    alive_pool: bool = True
+    alive_channel: int | None = None  # default: the alpha channel
     padding: str = "zeros"
     update_noise: float = 0.0
     grid: list[int] = field(default_factory=lambda: [48, 48])
@@ -128,10 +130,12 @@ def build_model(name: str, case: BenchCase) -> Any:
         fire_rate=case.fire_rate,
         alive_mask=case.alive_mask,
         alive_threshold=case.alive_threshold,
+        alive_pool=case.alive_pool,
         padding=case.padding,
         update_noise=case.update_noise,
     )
-    nca = build_nca(model, case.perception, layout, layout.alpha_channel)
+    alive = layout.alpha_channel if case.alive_channel is None else case.alive_channel
+    nca = build_nca(model, case.perception, layout, alive)
     params = sum(p.numel() for p in nca.parameters())
     if case.params is not None and params != case.params:
         raise ConfigError(f"case {name!r} has {params} parameters; 'params' says {case.params}")
