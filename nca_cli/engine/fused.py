@@ -45,48 +45,27 @@ def block_rows(nca: NCA) -> int:
     return max(256, 2**18 // widest)
 
 
-def first_layer(nca: NCA, perm: Tensor | None) -> Tensor:
-    """The first layer's weight with its columns in the fast path's feature order and its
-    bias as one more column: feature rows end in a column of ones, so the bias is added
-    inside the matrix product (no separate broadcast pass) and its gradient comes out of
-    the weight gradient's product (no separate sum)."""
-    layer = nca.update.layers[0]
-    weight = layer.weight if perm is None else layer.weight.index_select(1, perm)
-    return torch.cat([weight, layer.bias[:, None]], 1)
-
-
-def feature_buffer(x: Tensor, n_rows: int, n_features: int) -> Tensor:
-    """Room for ``n_rows`` feature rows and the trailing column of ones."""
-    out = x.new_empty((n_rows, n_features + 1))
-    out[:, n_features] = 1.0
-    return out
-
-
 def _hidden(nca: NCA, h: Tensor, first: Tensor) -> list[Tensor]:
-    """The input of every layer of the MLP for the feature rows ``h`` (first layer
-    ``first``, from :func:`first_layer`)."""
+    """The input of every layer of the MLP for the rows ``h`` (first-layer weight ``first``)."""
     layers = list(nca.update.layers)  # slicing a ModuleList builds a new module
     relu = nca.update.act is F.relu
     inputs = [h]
     for i, layer in enumerate(layers[:-1]):
-        h = torch.mm(h, first.t()) if i == 0 else torch.addmm(layer.bias, h, layer.weight.t())
+        h = torch.addmm(layer.bias, h, (first if i == 0 else layer.weight).t())
         h = h.relu_() if relu else nca.update.act(h)
         inputs.append(h)
     return inputs
 
 
 def _mlp_forward(nca: NCA, f_rows: Tensor, first: Tensor) -> Tensor:
-    """The update MLP on feature rows, in blocks of rows, with first layer ``first``."""
+    """The update MLP on feature rows, in blocks of rows, with first-layer weight ``first``."""
     last = nca.update.layers[-1]
     out = f_rows.new_empty((f_rows.shape[0], last.out_features))
     step = block_rows(nca)
-    single = len(nca.update.layers) == 1
     for s in range(0, f_rows.shape[0], step):
         h = _hidden(nca, f_rows[s : s + step], first)[-1]
-        if single:
-            torch.mm(h, first.t(), out=out[s : s + step])
-        else:
-            torch.addmm(last.bias, h, last.weight.t(), out=out[s : s + step])
+        weight = first if len(nca.update.layers) == 1 else last.weight
+        torch.addmm(last.bias, h, weight.t(), out=out[s : s + step])
     return out
 
 
@@ -94,49 +73,37 @@ def _mlp_backward(
     nca: NCA, f_rows: Tensor, grad_out: Tensor, first: Tensor, need: list[bool], need_in: bool
 ) -> tuple[Tensor | None, list[Tensor | None]]:
     """Gradients of the MLP, its activations recomputed block by block from the feature
-    rows: (feature-row gradients if ``need_in``, [dW, db per layer] where ``need``; the
-    first layer's in the column order and bias column of ``first``, as both dW and db)."""
+    rows: (feature-row gradients if ``need_in``, [dW, db per layer] where ``need``)."""
     layers = list(nca.update.layers)
-    n = len(layers)
     relu = nca.update.act is F.relu
     weights = [first, *(layer.weight for layer in layers[1:])]
     grads: list[Tensor | None] = []
     for i, layer in enumerate(layers):
-        if i == 0:
-            g0 = first.new_zeros(first.shape) if need[0] or need[1] else None
-            grads += [g0, g0]
-            continue
         grads.append(weights[i].new_zeros(weights[i].shape) if need[2 * i] else None)
         grads.append(layer.bias.new_zeros(layer.bias.shape) if need[2 * i + 1] else None)
-    if n > 1 and grads[-1] is not None:  # the last bias: one sum over all rows
-        grads[-1] = grad_out.sum(0)
-    weight_in = first[:, :-1]
-    grad_in = f_rows.new_empty((f_rows.shape[0], weight_in.shape[1])) if need_in else None
+    grad_in = f_rows.new_empty(f_rows.shape) if need_in else None
     step = block_rows(nca)
     for s in range(0, f_rows.shape[0], step):
         inputs = _hidden(nca, f_rows[s : s + step], first)
         grad = grad_out[s : s + step]
-        for i in range(n - 1, -1, -1):
+        for i in range(len(layers) - 1, -1, -1):
             gw, gb = grads[2 * i], grads[2 * i + 1]
             if gw is not None:
                 gw.addmm_(grad.t(), inputs[i])
+            if gb is not None:
+                gb += grad.sum(0)
             if i == 0:
                 if grad_in is not None:
-                    torch.mm(grad, weight_in, out=grad_in[s : s + step])
+                    torch.mm(grad, weights[0], out=grad_in[s : s + step])
                 break
-            if gb is not None and i < n - 1:
-                gb += grad.sum(0)
             grad = torch.mm(grad, weights[i])
             if relu:  # through the activation that produced inputs[i]
                 torch.ops.aten.threshold_backward.grad_input(grad, inputs[i], 0.0, grad_input=grad)
             else:
+                prev = layers[i - 1]
                 with torch.enable_grad():
-                    prev = inputs[i - 1]
-                    if i == 1:
-                        z = torch.mm(prev, first.t())
-                    else:
-                        z = torch.addmm(layers[i - 1].bias, prev, weights[i - 1].t())
-                    (grad,) = torch.autograd.grad(nca.update.act(z.requires_grad_()), z, grad)
+                    z = torch.addmm(prev.bias, inputs[i - 1], weights[i - 1].t()).requires_grad_()
+                    (grad,) = torch.autograd.grad(nca.update.act(z), z, grad)
     return grad_in, grads
 
 
@@ -160,12 +127,12 @@ def _sobel_order(nca: NCA) -> Tensor | None:
 def _sobel_rows(nca: NCA, x: Tensor, idx: Tensor | None) -> Tensor:
     """Sobel features of ``x`` at rows ``idx`` (all when None), filter-major: the state
     itself (the identity filter) and one depthwise convolution per other filter, each
-    gathered straight into its columns of a :func:`feature_buffer`."""
+    gathered straight into its columns."""
     b, c, h, w = x.shape
     kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
     n = kernel.shape[0] // c
     x_rows = rows(x)
-    out = feature_buffer(x, b * h * w if idx is None else idx.numel(), n * c)
+    out = x.new_empty((b * h * w if idx is None else idx.numel(), n * c))
     for f in range(n):
         part = (
             x_rows if f == 0 else rows(F.conv2d(x, kernel[f * c : (f + 1) * c], None, 1, 1, 1, c))
@@ -177,41 +144,23 @@ def _sobel_rows(nca: NCA, x: Tensor, idx: Tensor | None) -> Tensor:
     return out
 
 
-def _feature_rows(x: Tensor, features: Tensor, idx: Tensor | None) -> Tensor:
-    """Rows ``idx`` (all when None) of ``features`` in a :func:`feature_buffer`."""
-    f = rows(features)
-    out = feature_buffer(x, f.shape[0] if idx is None else idx.numel(), f.shape[1])
-    if idx is None:
-        out[:, :-1] = f
-    else:
-        torch.index_select(f, 0, idx, out=out[:, :-1])
-    return out
-
-
 def _sobel_adjoint(
     nca: NCA, grad_rows: Tensor, idx: Tensor | None, shape: tuple[int, ...], out: Tensor
 ) -> None:
     """Add the Sobel perception's adjoint of the filter-major feature gradient at rows
-    ``idx`` to the state-gradient rows ``out``: the identity's part as it is, the other
-    filters' by one transposed depthwise convolution over all of them (one call instead
-    of one per filter; its input must be dense, or oneDNN takes a slow path)."""
+    ``idx`` to the state-gradient rows ``out``: transposed depthwise convolutions."""
     b, c, h, w = shape
     kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
-    n = kernel.shape[0] // c
-
-    def scattered(part: Tensor) -> Tensor:  # index_add_ is 3x slower than this
-        if idx is None:
-            return part
-        return part.new_zeros((b * h * w, part.shape[1])).index_copy_(0, idx, part)
-
-    out += scattered(grad_rows[:, :c])
-    if n == 1:
-        return
-    dense = scattered(grad_rows[:, c:]).contiguous()
-    grad_f = dense.view(b, h, w, (n - 1) * c).permute(0, 3, 1, 2)
-    filtered = rows(F.conv_transpose2d(grad_f, kernel[c:], None, 1, 1, 0, (n - 1) * c))
-    for f in range(n - 1):
-        out += filtered[:, f * c : (f + 1) * c]
+    for f in range(kernel.shape[0] // c):
+        part = grad_rows[:, f * c : (f + 1) * c]
+        if idx is not None:  # index_add_ is 3x slower than this
+            part = part.new_zeros((b * h * w, c)).index_copy_(0, idx, part)
+        if f == 0:  # the identity
+            out += part
+            continue
+        grad_f = part.view(b, h, w, c).permute(0, 3, 1, 2)
+        weight = kernel[f * c : (f + 1) * c]
+        out += rows(F.conv_transpose2d(grad_f, weight, None, 1, 1, 0, c))
 
 
 class FusedStep(torch.autograd.Function):
@@ -247,11 +196,13 @@ class FusedStep(torch.autograd.Function):
             idx = None
         recompute = features is None
         perm = _sobel_order(nca) if recompute else None
-        first = first_layer(nca, perm)
+        first = nca.update.layers[0].weight
         if perm is not None:
-            f_rows = _sobel_rows(nca, x, idx)
+            f_rows, first = _sobel_rows(nca, x, idx), first.index_select(1, perm)
         else:
-            f_rows = _feature_rows(x, nca.perception(x) if features is None else features, idx)
+            f_rows = rows(nca.perception(x) if features is None else features)
+            if idx is not None:
+                f_rows = f_rows.index_select(0, idx)
         dx = _mlp_forward(nca, f_rows, first)
         if noise is not None:
             noise_rows = rows(noise)
@@ -292,7 +243,9 @@ class FusedStep(torch.autograd.Function):
         grad_dx = upd if idx is None else upd.index_select(0, idx)
 
         # The update MLP, its hidden layers recomputed from the selected feature rows.
-        first = first_layer(nca, perm)
+        first = nca.update.layers[0].weight
+        if perm is not None:
+            first = first.index_select(1, perm)
         feats = xd = None
         if perm is not None:
             f_rows = _sobel_rows(nca, saved, idx)
@@ -300,7 +253,9 @@ class FusedStep(torch.autograd.Function):
             with torch.enable_grad():
                 xd = saved.detach().requires_grad_(need_x)
                 feats = nca.perception(xd)
-            f_rows = _feature_rows(saved, feats.detach(), idx)
+            f_rows = rows(feats.detach())
+            if idx is not None:
+                f_rows = f_rows.index_select(0, idx)
         else:
             f_rows = saved
         if perm is not None:
@@ -310,13 +265,8 @@ class FusedStep(torch.autograd.Function):
         else:
             need_f = ctx.needs_input_grad[2]
         grad_f_rows, mlp_grads = _mlp_backward(nca, f_rows, grad_dx, first, need[:n_mlp], need_f)
-        if mlp_grads[0] is not None:  # split the first layer's weight and bias columns
-            g0 = mlp_grads[0]
-            weight = g0[:, :-1]
-            if perm is not None:
-                weight = torch.empty_like(weight).index_copy_(1, perm, weight)
-            mlp_grads[0] = weight if need[0] else None
-            mlp_grads[1] = g0[:, -1].clone() if need[1] else None
+        if perm is not None and mlp_grads[0] is not None:
+            mlp_grads[0] = torch.empty_like(mlp_grads[0]).index_copy_(1, perm, mlp_grads[0])
         rest = [None] * (len(need) - n_mlp)  # the perception's parameters, when inputs
         no_grad_f = (None, grad_x.permute(0, 3, 1, 2), None, None, None, *mlp_grads, *rest)
         if grad_f_rows is None:
