@@ -81,6 +81,7 @@ def test_a_server_that_never_answers_times_out(
 
     def hang(*args: Any, **kwargs: Any) -> Any:
         time.sleep(30)
+        raise OSError("no answer")  # long after the test; the abandoned thread ends quietly
 
     monkeypatch.setattr(socket, "create_connection", hang)
     monkeypatch.setattr(loggers, "REACH_TIMEOUT", 0.5)
