@@ -238,7 +238,7 @@ def build_perception(
 ) -> Perception:
     """Build the perception named by ``cfg['kind']``, validating its parameters."""
     kind = cfg.get("kind")
-    if kind not in PERCEPTIONS:
+    if not isinstance(kind, str) or kind not in PERCEPTIONS:
         raise ConfigError(
             f"invalid value for '{where}.kind': {kind!r}; expected one of "
             + ", ".join(sorted(PERCEPTIONS))

@@ -44,6 +44,7 @@ def build(overrides: list[str]) -> None:
         ("channels=3", "channels", "3", "channels"),
         ("trainer.steps.min=50", "trainer.steps.max", "12", ">= trainer.steps.min (50)"),
         ("perception.kind=nope", "perception.kind", "nope", "sobel"),
+        ("perception.kind=[]", "perception.kind", "[]", "sobel"),  # found by hypothesis
         ("task.name=nope", "task.name", "nope", "growing"),
         ("lr=0", "trainer.optimizer.lr", "0", "positive"),
         ("lr=-1e-3", "trainer.optimizer.lr", "-0.001", "positive"),
