@@ -194,6 +194,36 @@ def test_interrupted_run_resumes_bit_identical(
     assert losses(tmp_path / "full") == losses(tmp_path / "resumed")
 
 
+def test_ctrl_c_during_set_up_stops_before_the_first_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while a resumed run loads (a KeyboardInterrupt inside OmegaConf once
+    surfaced as an unrelated error) stops it cleanly with its checkpoint as it was."""
+    config = small("task=persistent", "pool_size=4", "trainer.iterations=4")
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path)
+    monkeypatch.undo()
+    saved = load_checkpoint(tmp_path / "last.ckpt")
+    rows_before = losses(tmp_path)
+
+    pressed = []
+
+    def parse_then_ctrl_c(cfg: dict[str, Any]) -> Any:
+        if not pressed:  # once: a second Ctrl-C quits the process at once
+            pressed.append(signal.raise_signal(signal.SIGINT))
+        return parse_run_config(cfg)
+
+    monkeypatch.setattr("nca_cli.training.trainer.parse_run_config", parse_then_ctrl_c)
+    with pytest.raises(Interrupted, match="before iteration 3"):
+        train(config, tmp_path, saved)
+    again = load_checkpoint(tmp_path / "last.ckpt")
+    assert again["iteration"] == 2
+    for name, tensor in saved["model"].items():
+        assert torch.equal(tensor, again["model"][name]), name
+    assert losses(tmp_path) == rows_before
+
+
 def test_checkpoint_round_trip_is_self_describing(tmp_path: Path) -> None:
     config = small("task=persistent", "pool_size=4")
     trainer = Trainer(config, tmp_path)

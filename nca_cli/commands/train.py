@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,24 @@ def finished_metrics(run_dir: Path) -> dict[str, float] | None:
 
 @hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> dict[str, float] | None:
+    from nca_cli.training.trainer import stop_requests
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with stop_requests(run_dir) as stop:
+        metrics = run_job(cfg, run_dir, stop)
+        if stop.is_set():  # Ctrl-C while a finished job was skipped: a k-fold stops here too
+            print("nca train: interrupted", file=sys.stderr)
+            sys.exit(130)
+    return metrics
+
+
+def run_job(cfg: DictConfig, run_dir: Path, stop: threading.Event) -> dict[str, float]:
+    """Train, resume or skip the run in ``run_dir``; every known failure becomes one line
+    and an exit status (2 bad input, 1 divergence, 130 interrupted)."""
     from nca_cli.datasets.storage import DataError
     from nca_cli.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
     from nca_cli.training.trainer import DivergenceError, Interrupted, train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     hide_secrets()
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt
     try:
@@ -122,7 +136,7 @@ def app(cfg: DictConfig) -> dict[str, float] | None:
             if (run_dir / CHECKPOINT_NAME).is_file():  # ... or that was interrupted
                 checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
                 log.info("continuing %s from iteration %d", run_dir, checkpoint["iteration"])
-        metrics = train(config, run_dir, checkpoint)
+        metrics = train(config, run_dir, checkpoint, stop=stop)
     except (ConfigError, CheckpointError, DataError) as err:
         print(f"nca train: error: {err}", file=sys.stderr)
         sys.exit(2)

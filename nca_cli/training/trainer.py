@@ -266,18 +266,27 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(
-        self, logger: RunLogger, progress: bool = True, report: Report | None = None
+        self,
+        logger: RunLogger,
+        stop: threading.Event,
+        progress: bool = True,
+        report: Report | None = None,
     ) -> dict[str, float]:
-        """Train to ``trainer.iterations``; ``report`` sees every logged row (a sweep's
-        pruner raises from it to stop a weak trial)."""
+        """Train to ``trainer.iterations``, or until ``stop`` is set (see
+        :func:`stop_requests`); ``report`` sees every logged row (a sweep's pruner raises
+        from it to stop a weak trial)."""
         t = self.run.trainer
         images = self.run_dir / "images"
         images.mkdir(parents=True, exist_ok=True)
         metrics_file = self.run_dir / "metrics.jsonl"
         start = time.perf_counter()
-        signals = _signals(self.run_dir)
-        with _progress(progress, t.iterations, self.iteration) as advance, signals as stop:
+        with _progress(progress, t.iterations, self.iteration) as advance:
             while self.iteration < t.iterations:
+                if stop.is_set():  # during set-up: the checkpoint on disk is this iteration's
+                    raise Interrupted(
+                        f"interrupted before iteration {self.iteration + 1}; checkpoint "
+                        f"kept. Resume with:\n  nca train resume={self.run_dir}"
+                    )
                 loss, grad_norm, state = self._train_step()
                 self.history.append(loss)
                 i = self.iteration
@@ -338,8 +347,12 @@ class Trainer:
 
 
 @contextmanager
-def _signals(run_dir: Path) -> Iterator[threading.Event]:
-    """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one quits at once.
+def stop_requests(run_dir: Path) -> Iterator[threading.Event]:
+    """First SIGINT/SIGTERM asks the run to checkpoint and stop; a second one quits at once.
+
+    Installed before the run's set-up, not only around the loop: a KeyboardInterrupt
+    raised inside a library (OmegaConf, torch.load) can leave it broken and surface as an
+    unrelated error, where a flag checked at the loop's start stops the run cleanly.
 
     Python runs signal handlers only between bytecodes, so a second Ctrl-C during a long
     backward pass would wait for it; a watcher thread reads the signal numbers that the C
@@ -369,7 +382,7 @@ def _signals(run_dir: Path) -> Iterator[threading.Event]:
     def handler(signum: int, frame: object) -> None:
         if not stop.is_set():
             stop.set()
-            log.warning("stopping after this iteration (press Ctrl-C again to quit at once)")
+            log.warning("stopping at the end of this step (press Ctrl-C again to quit at once)")
 
     reader, writer = socket.socketpair()
     writer.setblocking(False)
@@ -439,12 +452,18 @@ def train(
     run_dir: Path,
     checkpoint: dict[str, Any] | None = None,
     report: Report | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Train a run into ``run_dir``; continue from ``checkpoint`` when given.
 
     Returns the final metrics, the objective a sweep optimises; ``report(iteration, row)``
     is called with every logged row of training metrics (intermediate values of a sweep).
+    ``stop`` comes from a caller's :func:`stop_requests`; without one, train installs its
+    own.
     """
+    if stop is None:
+        with stop_requests(run_dir) as own:
+            return train(config, run_dir, checkpoint, report, own)
     preflight(parse_run_config(config).logger)  # W&B set up wrong: say so before any work
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)  # of writes cut short by a crash
@@ -480,7 +499,7 @@ def train(
         trainer.save()  # from now on the folder always holds a checkpoint to resume from
     exit_code = 1
     try:
-        metrics = trainer.fit(logger, progress=trainer.run.trainer.progress, report=report)
+        metrics = trainer.fit(logger, stop, trainer.run.trainer.progress, report)
         exit_code = 0
         return metrics
     finally:
