@@ -24,7 +24,8 @@ from nca_cli.training.adversarial import (
     wasserstein_generator_loss,
 )
 from nca_cli.training.checkpoint import load_checkpoint
-from nca_cli.training.trainer import Interrupted, Trainer, train
+from nca_cli.training.interrupts import Interrupted
+from nca_cli.training.trainer import Trainer, train
 
 # A 12x12 grid (8 + 2 x 2), short rollouts: an adversarial iteration in a fraction of a second.
 TINY = [

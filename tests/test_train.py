@@ -17,9 +17,9 @@ from nca_cli.config import ConfigError, compose, parse_run_config
 from nca_cli.engine.nca import build_nca
 from nca_cli.tasks import available_tasks, task_class
 from nca_cli.training.checkpoint import CheckpointError, load_checkpoint
+from nca_cli.training.interrupts import Interrupted
 from nca_cli.training.trainer import (
     DivergenceError,
-    Interrupted,
     Trainer,
     draw_steps,
     train,

@@ -104,7 +104,7 @@ def finished_metrics(run_dir: Path) -> dict[str, float] | None:
 
 @hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> dict[str, float] | None:
-    from nca_cli.training.trainer import stop_requests
+    from nca_cli.training.interrupts import stop_requests
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with stop_requests(run_dir) as stop:
@@ -120,7 +120,8 @@ def run_job(cfg: DictConfig, run_dir: Path, stop: threading.Event) -> dict[str, 
     and an exit status (2 bad input, 1 divergence, 130 interrupted)."""
     from nca_cli.datasets.storage import DataError
     from nca_cli.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-    from nca_cli.training.trainer import DivergenceError, Interrupted, train
+    from nca_cli.training.interrupts import Interrupted
+    from nca_cli.training.trainer import DivergenceError, train
 
     hide_secrets()
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt

@@ -428,7 +428,7 @@ class OptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from nca_cli.training.trainer import Interrupted
+        from nca_cli.training.interrupts import Interrupted
 
         value = result._return_value
         if result.status == JobStatus.COMPLETED:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +36,7 @@ from nca_cli.training.checkpoint import (
     environment,
     save_checkpoint,
 )
+from nca_cli.training.interrupts import Interrupted, stop_requests
 from nca_cli.training.loggers import RunLogger, make_logger, preflight
 from nca_cli.training.optim import build_optimizer, build_scheduler, treat_gradients
 
@@ -51,10 +49,6 @@ Report = Callable[[int, dict[str, float]], None]
 
 class DivergenceError(RuntimeError):
     """Training produced non-finite numbers or killed every cell."""
-
-
-class Interrupted(RuntimeError):
-    """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
 
 
 def draw_steps(low: int, high: int, generator: torch.Generator) -> int:
@@ -344,70 +338,6 @@ class Trainer:
         summary = {"iteration": self.iteration, "seconds": elapsed, **metrics}
         write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
         return metrics
-
-
-@contextmanager
-def stop_requests(run_dir: Path) -> Iterator[threading.Event]:
-    """First SIGINT/SIGTERM asks the run to checkpoint and stop; a second one quits at once.
-
-    Installed before the run's set-up, not only around the loop: a KeyboardInterrupt
-    raised inside a library (OmegaConf, torch.load) can leave it broken and surface as an
-    unrelated error, where a flag checked at the loop's start stops the run cleanly.
-
-    Python runs signal handlers only between bytecodes, so a second Ctrl-C during a long
-    backward pass would wait for it; a watcher thread reads the signal numbers that the C
-    handler writes to a wake-up socket and exits the process straight away (the checkpoint
-    on disk stays intact: it is only ever replaced by a complete file).
-    """
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    stopping = (signal.SIGINT, signal.SIGTERM)
-    seen = [0]
-    lock = threading.Lock()
-
-    def count(signum: int) -> None:
-        with lock:
-            seen[0] += 1
-            again = seen[0] >= 2
-        if again:
-            os.write(
-                2,
-                f"\nnca: interrupted again: quitting at once. The last checkpoint is kept; "
-                f"resume with: nca train resume={run_dir}\n".encode(),
-            )
-            os._exit(128 + signum)
-
-    def handler(signum: int, frame: object) -> None:
-        if not stop.is_set():
-            stop.set()
-            log.warning("stopping at the end of this step (press Ctrl-C again to quit at once)")
-
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-
-    def watch() -> None:
-        while data := reader.recv(64):
-            for signum in data:
-                if signum in stopping:
-                    count(signum)
-
-    previous = {s: signal.getsignal(s) for s in stopping}
-    for s in stopping:
-        signal.signal(s, handler)
-    old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    watcher = threading.Thread(target=watch, name="nca-signals", daemon=True)
-    watcher.start()
-    try:
-        yield stop
-    finally:
-        signal.set_wakeup_fd(old_fd)
-        for s, h in previous.items():
-            signal.signal(s, h)
-        writer.close()
-        watcher.join()
-        reader.close()
 
 
 @contextmanager
