@@ -27,6 +27,7 @@ SMALL = [
     "dataset.padding=2",
     "trainer.steps.min=4",
     "trainer.steps.max=6",
+    "trainer.batch_size=2",
 ]
 
 

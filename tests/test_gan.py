@@ -37,6 +37,7 @@ TINY = [
     "dataset.padding=2",
     "trainer.steps.min=4",
     "trainer.steps.max=6",
+    "trainer.batch_size=2",
     "loss.d_width=4",
 ]
 
