@@ -20,16 +20,13 @@ from nca_cli.engine.perception import PERCEPTIONS, Perception, pad
 class AttentionParams:
     """Each cell attends to the ``(2 radius + 1)^2`` cells around it (itself included) with
     ``heads`` heads of ``head_dim`` features and a learned bias per head and relative
-    position; ``features`` (default two per channel) is the attention's output size.
-    ``state`` puts the cell's own state first, as Sobel's identity filter does: a softmax
-    average alone blurs it, and the update then cannot tell its own alpha or colour."""
+    position; ``features`` (default three per channel) is the output size."""
 
     kind: str = "attention"
     radius: int = 1
     heads: int = 4
     head_dim: int = 8
     features: int | None = None
-    state: bool = True
 
 
 class AttentionPerception(Perception):
@@ -38,7 +35,7 @@ class AttentionPerception(Perception):
         require(params.radius >= 1, f"{where}.radius", params.radius, "an integer >= 1")
         require(params.heads >= 1, f"{where}.heads", params.heads, "an integer >= 1")
         require(params.head_dim >= 1, f"{where}.head_dim", params.head_dim, "an integer >= 1")
-        features = params.features if params.features is not None else 2 * channels
+        features = params.features if params.features is not None else 3 * channels
         require(features > 0, f"{where}.features", features, "a positive integer")
         inner = params.heads * params.head_dim
         self.query = nn.Conv2d(channels, inner, 1)
@@ -49,8 +46,7 @@ class AttentionPerception(Perception):
         self.heads, self.head_dim = params.heads, params.head_dim
         self.padding = padding
         self.radius = params.radius
-        self.state = params.state
-        self.out_features = features + (channels if params.state else 0)
+        self.out_features = features
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -70,8 +66,7 @@ class AttentionPerception(Perception):
         y = attn[:, :, 0, None] * kv[:, 1, ..., :h, :w]
         for o, (i, j) in enumerate(shifts[1:], 1):
             y = y + attn[:, :, o, None] * kv[:, 1, ..., i : i + h, j : j + w]
-        y = self.out(y.reshape(b, n * d, h, w))
-        return torch.cat([x, y], 1) if self.state else y
+        return self.out(y.reshape(b, n * d, h, w))
 
 
 @dataclass
