@@ -273,14 +273,14 @@ class Trainer:
         images = self.run_dir / "images"
         images.mkdir(parents=True, exist_ok=True)
         metrics_file = self.run_dir / "metrics.jsonl"
+        if stop.is_set() and self.iteration < t.iterations:  # set during the set-up
+            raise Interrupted(  # the checkpoint on disk is this iteration's
+                f"interrupted before iteration {self.iteration + 1}; checkpoint kept. "
+                f"Resume with:\n  nca train resume={self.run_dir}"
+            )
         start = time.perf_counter()
         with _progress(progress, t.iterations, self.iteration) as advance:
             while self.iteration < t.iterations:
-                if stop.is_set():  # during set-up: the checkpoint on disk is this iteration's
-                    raise Interrupted(
-                        f"interrupted before iteration {self.iteration + 1}; checkpoint "
-                        f"kept. Resume with:\n  nca train resume={self.run_dir}"
-                    )
                 loss, grad_norm, state = self._train_step()
                 self.history.append(loss)
                 i = self.iteration
