@@ -178,9 +178,10 @@ def test_gradient_checkpointing_changes_no_gradient() -> None:
     assert_same(run(nca, x0, 7, fast=False, checkpoint_every=3), plain)
 
 
-def test_fused_step_stores_about_one_state_per_step() -> None:
-    """The backward pass keeps the step's input, the selected rows and the dead cells: no
-    features, no hidden activations."""
+def test_fused_step_stores_the_selected_feature_rows_only() -> None:
+    """The backward pass keeps the selected feature rows (three features per channel, about
+    half the cells firing: 1.5 states), the selected rows and the dead cells: no hidden
+    activations."""
     nca = make_nca(PERCEPTIONS["sobel"], hidden=[128]).float()
     x = state(batch=4, height=32, width=32, dead=0.0).float().requires_grad_()
     storages: dict[int, int] = {}
@@ -192,7 +193,7 @@ def test_fused_step_stores_about_one_state_per_step() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _final, _ = nca.rollout(x, 8, torch.Generator().manual_seed(0))
     state_bytes = x.numel() * x.element_size()
-    assert sum(storages.values()) < 8 * 1.25 * state_bytes
+    assert sum(storages.values()) < 8 * 1.8 * state_bytes
     nca.fast = False  # the reference keeps the features and hidden activations: 10x more
     storages.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -1,7 +1,7 @@
-"""The fast NCA step: one autograd function with a hand-written backward.
+"""The fast NCA step and rollout: autograd functions with hand-written backward passes.
 
-It computes what :meth:`NCA.reference_step` computes (the same mathematics in float32 or
-float64, equal up to rounding) and differs in how:
+They compute what :meth:`NCA.reference_step` computes (the same mathematics in float32 or
+float64, equal up to rounding) and differ in how:
 
 - the update MLP runs only on the cells whose result is used: cells that fire and have a
   living cell within reach of the alive mask. The reference multiplies the others' updates
@@ -9,16 +9,22 @@ float64, equal up to rounding) and differs in how:
   the arithmetic.
 - states are channels-last, so the MLP is a matrix product on ``(cells, channels)`` rows,
   run in blocks of rows small enough for the hidden activations to stay in cache.
-- the backward pass stores the step's input state, the selected rows and the dead cells
-  (about one state per step) and recomputes the rest, except for costly perceptions
-  (learned dense convolutions), which autograd runs; then the selected feature rows are
-  stored instead.
+- the backward pass stores the selected feature rows, the selected rows and the dead cells,
+  and recomputes the hidden activations (they would take 3x the memory). For learned cheap
+  perceptions (depthwise convolutions) it stores the input state instead and recomputes the
+  features; costly ones (learned dense convolutions) autograd runs itself.
 - the Sobel perception (zero padding) is computed per filter, the identity for free, with a
   hand-written adjoint; the first layer's columns are permuted to this filter-major order.
+  Storing its feature rows (about 1.5 states per step at fire rate 0.5) instead of the state
+  (one) saves recomputing them: 5% of a training iteration for 3% more memory.
+- a rollout of cheap perceptions is one autograd node (:class:`FusedRollout`): the weights
+  are prepared once, and the parameter gradients
+  accumulate in place over the steps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,6 +36,11 @@ from nca_cli.engine.perception import SobelPerception, max3x3, pad, perception_f
 
 if TYPE_CHECKING:
     from nca_cli.engine.nca import NCA
+
+# What a step keeps for its backward pass: its selected feature rows (or its input state,
+# for a learned perception recomputed), the selected rows, their inverse and the dead cells.
+Saved = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
+SAVED = 4
 
 
 def rows(t: Tensor) -> Tensor:
@@ -43,68 +54,6 @@ def block_rows(nca: NCA) -> int:
     through memory."""
     widest = max(layer.out_features for layer in nca.update.layers)
     return max(256, 2**18 // widest)
-
-
-def _hidden(nca: NCA, h: Tensor, first: Tensor) -> list[Tensor]:
-    """The input of every layer of the MLP for the rows ``h`` (first-layer weight ``first``)."""
-    layers = list(nca.update.layers)  # slicing a ModuleList builds a new module
-    relu = nca.update.act is F.relu
-    inputs = [h]
-    for i, layer in enumerate(layers[:-1]):
-        h = torch.addmm(layer.bias, h, (first if i == 0 else layer.weight).t())
-        h = h.relu_() if relu else nca.update.act(h)
-        inputs.append(h)
-    return inputs
-
-
-def _mlp_forward(nca: NCA, f_rows: Tensor, first: Tensor) -> Tensor:
-    """The update MLP on feature rows, in blocks of rows, with first-layer weight ``first``."""
-    last = nca.update.layers[-1]
-    out = f_rows.new_empty((f_rows.shape[0], last.out_features))
-    step = block_rows(nca)
-    for s in range(0, f_rows.shape[0], step):
-        h = _hidden(nca, f_rows[s : s + step], first)[-1]
-        weight = first if len(nca.update.layers) == 1 else last.weight
-        torch.addmm(last.bias, h, weight.t(), out=out[s : s + step])
-    return out
-
-
-def _mlp_backward(
-    nca: NCA, f_rows: Tensor, grad_out: Tensor, first: Tensor, need: list[bool], need_in: bool
-) -> tuple[Tensor | None, list[Tensor | None]]:
-    """Gradients of the MLP, its activations recomputed block by block from the feature
-    rows: (feature-row gradients if ``need_in``, [dW, db per layer] where ``need``)."""
-    layers = list(nca.update.layers)
-    relu = nca.update.act is F.relu
-    weights = [first, *(layer.weight for layer in layers[1:])]
-    grads: list[Tensor | None] = []
-    for i, layer in enumerate(layers):
-        grads.append(weights[i].new_zeros(weights[i].shape) if need[2 * i] else None)
-        grads.append(layer.bias.new_zeros(layer.bias.shape) if need[2 * i + 1] else None)
-    grad_in = f_rows.new_empty(f_rows.shape) if need_in else None
-    step = block_rows(nca)
-    for s in range(0, f_rows.shape[0], step):
-        inputs = _hidden(nca, f_rows[s : s + step], first)
-        grad = grad_out[s : s + step]
-        for i in range(len(layers) - 1, -1, -1):
-            gw, gb = grads[2 * i], grads[2 * i + 1]
-            if gw is not None:
-                gw.addmm_(grad.t(), inputs[i])
-            if gb is not None:
-                gb += grad.sum(0)
-            if i == 0:
-                if grad_in is not None:
-                    torch.mm(grad, weights[0], out=grad_in[s : s + step])
-                break
-            grad = torch.mm(grad, weights[i])
-            if relu:  # through the activation that produced inputs[i]
-                torch.ops.aten.threshold_backward.grad_input(grad, inputs[i], 0.0, grad_input=grad)
-            else:
-                prev = layers[i - 1]
-                with torch.enable_grad():
-                    z = torch.addmm(prev.bias, inputs[i - 1], weights[i - 1].t()).requires_grad_()
-                    (grad,) = torch.autograd.grad(nca.update.act(z), z, grad)
-    return grad_in, grads
 
 
 def _dilate(nca: NCA, mask: Tensor) -> Tensor:
@@ -124,43 +73,279 @@ def _sobel_order(nca: NCA) -> Tensor | None:
     return p.order
 
 
-def _sobel_rows(nca: NCA, x: Tensor, idx: Tensor | None) -> Tensor:
-    """Sobel features of ``x`` at rows ``idx`` (all when None), filter-major: the state
-    itself (the identity filter) and one depthwise convolution per other filter, each
-    gathered straight into its columns."""
-    b, c, h, w = x.shape
-    kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
-    n = kernel.shape[0] // c
-    x_rows = rows(x)
-    out = x.new_empty((b * h * w if idx is None else idx.numel(), n * c))
-    for f in range(n):
-        part = (
-            x_rows if f == 0 else rows(F.conv2d(x, kernel[f * c : (f + 1) * c], None, 1, 1, 1, c))
-        )
-        if idx is None:
-            out[:, f * c : (f + 1) * c] = part
+def _scatter(padded: Tensor, inv: Tensor | None) -> Tensor:
+    """Rows ``padded[1:]`` at the selected cells, zeros elsewhere: ``padded`` has a zero
+    first row and ``inv`` maps every cell to its row (0 when not selected). A gather is
+    1.5x faster than ``index_copy_`` into zeros."""
+    return padded if inv is None else padded.index_select(0, inv)
+
+
+def _padded_rows(n: int, width: int, like: Tensor, selected: bool) -> tuple[Tensor, Tensor]:
+    """An ``(n + 1, width)`` buffer with a zero first row when rows are ``selected`` (for
+    :func:`_scatter`), else ``(n, width)``; and its data rows."""
+    if not selected:
+        buf = like.new_empty((n, width))
+        return buf, buf
+    buf = like.new_empty((n + 1, width))
+    buf[0].zero_()
+    return buf, buf[1:]
+
+
+class StepPlan:
+    """What every step of one rollout shares, prepared once: the MLP's weights (the first
+    layer's columns in the fast path's feature order), the perception's kind, block size."""
+
+    def __init__(self, nca: NCA, recompute: bool) -> None:
+        self.nca = nca
+        self.layers = list(nca.update.layers)  # slicing a ModuleList builds a new module
+        self.relu = nca.update.act is F.relu
+        self.recompute = recompute
+        self.perm = _sobel_order(nca) if recompute else None
+        first = self.layers[0].weight.detach()
+        if self.perm is not None:
+            first = first.index_select(1, self.perm)
+        self.weights = [first, *(layer.weight.detach() for layer in self.layers[1:])]
+        self.biases = [layer.bias.detach() for layer in self.layers]
+        self.block = block_rows(nca)
+        self.fixed = nca.layout.fixed
+        self.alive = nca.alive_channel is not None
+        if self.perm is not None:
+            kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
+            c = nca.layout.channels
+            self.filters = [kernel[f * c : (f + 1) * c] for f in range(kernel.shape[0] // c)]
+            # The adjoint of a zero-padded correlation: the correlation with the kernel
+            # turned by 180 degrees (oneDNN's is faster than its transposed convolution).
+            self.adjoints = [k.flip(-2, -1).contiguous() for k in self.filters]
+        self.p_params = list(nca.perception.parameters()) if recompute else []
+
+    # The update MLP ----------------------------------------------------------------------
+
+    def _hidden(self, h: Tensor) -> list[Tensor]:
+        """The input of every layer of the MLP for the rows ``h``."""
+        inputs = [h]
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=True):
+            h = torch.addmm(bias, h, weight.t())
+            h = h.relu_() if self.relu else self.nca.update.act(h)
+            inputs.append(h)
+        return inputs
+
+    def _mlp_forward(self, f_rows: Tensor, out: Tensor) -> None:
+        """The update MLP on feature rows, in blocks of rows, into ``out``."""
+        for s in range(0, f_rows.shape[0], self.block):
+            h = self._hidden(f_rows[s : s + self.block])[-1]
+            torch.addmm(self.biases[-1], h, self.weights[-1].t(), out=out[s : s + self.block])
+
+    def _mlp_backward(
+        self, f_rows: Tensor, grad_out: Tensor, grads: list[Tensor | None], grad_in: Tensor | None
+    ) -> None:
+        """Accumulate the MLP's parameter gradients into ``grads`` ([dW, db] per layer,
+        the first layer's columns in fast order; None where not needed) and write the
+        feature-row gradients into ``grad_in`` when given; activations are recomputed block
+        by block from the feature rows."""
+        n = len(self.layers)
+        for s in range(0, f_rows.shape[0], self.block):
+            inputs = self._hidden(f_rows[s : s + self.block])
+            grad = grad_out[s : s + self.block]
+            for i in range(n - 1, -1, -1):
+                gw, gb = grads[2 * i], grads[2 * i + 1]
+                if gw is not None:
+                    gw.addmm_(grad.t(), inputs[i])
+                if gb is not None:
+                    gb += grad.sum(0)
+                if i == 0:
+                    if grad_in is not None:
+                        torch.mm(grad, self.weights[0], out=grad_in[s : s + self.block])
+                    break
+                grad = torch.mm(grad, self.weights[i])
+                if self.relu:  # through the activation that produced inputs[i]
+                    torch.ops.aten.threshold_backward.grad_input(
+                        grad, inputs[i], 0.0, grad_input=grad
+                    )
+                else:
+                    with torch.enable_grad():
+                        z = torch.addmm(
+                            self.biases[i - 1], inputs[i - 1], self.weights[i - 1].t()
+                        ).requires_grad_()
+                        (grad,) = torch.autograd.grad(self.nca.update.act(z), z, grad)
+
+    # The Sobel perception ----------------------------------------------------------------
+
+    def _sobel_rows(self, x: Tensor, idx: Tensor | None) -> Tensor:
+        """Sobel features of ``x`` at rows ``idx`` (all when None), filter-major: the state
+        itself (the identity filter) and one depthwise convolution per other filter, each
+        gathered straight into its columns."""
+        b, c, h, w = x.shape
+        x_rows = rows(x)
+        out = x.new_empty((b * h * w if idx is None else idx.numel(), len(self.filters) * c))
+        for f, kernel in enumerate(self.filters):
+            part = x_rows if f == 0 else rows(F.conv2d(x, kernel, None, 1, 1, 1, c))
+            if idx is None:
+                out[:, f * c : (f + 1) * c] = part
+            else:
+                torch.index_select(part, 0, idx, out=out[:, f * c : (f + 1) * c])
+        return out
+
+    def _sobel_adjoint(
+        self, grad_rows: Tensor, inv: Tensor | None, shape: tuple[int, ...], out: Tensor
+    ) -> None:
+        """Add the Sobel perception's adjoint of the filter-major feature gradient
+        ``grad_rows`` (zero first row when rows were selected) to the state-gradient rows
+        ``out``: depthwise convolutions with the turned filters."""
+        b, c, h, w = shape
+        for f, kernel in enumerate(self.adjoints):
+            part = _scatter(grad_rows[:, f * c : (f + 1) * c], inv)
+            if f == 0:  # the identity
+                out += part
+                continue
+            grad_f = part.view(b, h, w, c).permute(0, 3, 1, 2)
+            out += rows(F.conv2d(grad_f, kernel, None, 1, 1, 1, c))
+
+    # One step ----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        fire: Tensor | None,
+        noise: Tensor | None,
+        features: Tensor | None = None,
+    ) -> tuple[Tensor, Saved]:
+        """One step from ``x`` (channels-last) with fire mask ``fire`` (bool): the new
+        state and what the backward pass needs. ``features`` are the perceived features
+        when autograd owns the perception."""
+        nca, fixed = self.nca, self.fixed
+        b, c, h, w = x.shape
+        pre = nca.alive(x) if self.alive else None
+        select = fire
+        if pre is not None:
+            near = _dilate(nca, pre)
+            select = near if select is None else select & near
+        idx = inv = None
+        if select is not None:
+            flags = select.reshape(-1)
+            idx = flags.nonzero().squeeze(1)
+            if idx.numel() == b * h * w:
+                idx = None
+            else:
+                inv = flags.cumsum(0, dtype=torch.int32).mul_(flags)
+        if self.perm is not None:
+            f_rows = self._sobel_rows(x, idx)
         else:
-            torch.index_select(part, 0, idx, out=out[:, f * c : (f + 1) * c])
-    return out
+            f_rows = rows(nca.perception(x) if features is None else features)
+            if idx is not None:
+                f_rows = f_rows.index_select(0, idx)
+        n = b * h * w if idx is None else idx.numel()
+        padded, dx = _padded_rows(n, self.layers[-1].out_features, x, idx is not None)
+        self._mlp_forward(f_rows, dx)
+        if noise is not None:
+            noise_rows = rows(noise)
+            dx += noise_rows if idx is None else noise_rows.index_select(0, idx)
+        out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)
+        flat, x_rows = out.view(-1, c), rows(x)
+        if fixed:
+            flat[:, :fixed] = x_rows[:, :fixed]
+        upd = torch.add(x_rows[:, fixed:], _scatter(padded, inv), out=flat[:, fixed:])
+        y = out.permute(0, 3, 1, 2)
+        dead = None
+        if pre is not None:  # zero the dead rows only: usually few, and a full pass is slow
+            dead = (~(pre & nca.alive(y))).reshape(-1).nonzero().squeeze(1)
+            upd.index_fill_(0, dead, 0.0)
+        keep_rows = features is not None or self.perm is not None
+        return y, (f_rows if keep_rows else x, idx, inv, dead)
 
+    def backward(
+        self,
+        saved: Sequence[Tensor | None],
+        grad_y: Tensor,
+        grads: list[Tensor | None],
+        need_x: bool,
+        need_features: bool = False,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The backward pass of one step: accumulates the parameter gradients into
+        ``grads`` (MLP, then the recomputed perception's parameters) and returns the
+        gradients of the input state (if ``need_x``) and of the given features (if
+        ``need_features``; autograd-owned perceptions)."""
+        data, idx, inv, dead = saved
+        assert data is not None
+        nca, fixed = self.nca, self.fixed
+        b, h, w, c = grad_y.shape[0], grad_y.shape[2], grad_y.shape[3], grad_y.shape[1]
+        n_mlp = 2 * len(self.layers)
 
-def _sobel_adjoint(
-    nca: NCA, grad_rows: Tensor, idx: Tensor | None, shape: tuple[int, ...], out: Tensor
-) -> None:
-    """Add the Sobel perception's adjoint of the filter-major feature gradient at rows
-    ``idx`` to the state-gradient rows ``out``: transposed depthwise convolutions."""
-    b, c, h, w = shape
-    kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
-    for f in range(kernel.shape[0] // c):
-        part = grad_rows[:, f * c : (f + 1) * c]
-        if idx is not None:  # index_add_ is 3x slower than this
-            part = part.new_zeros((b * h * w, c)).index_copy_(0, idx, part)
-        if f == 0:  # the identity
-            out += part
-            continue
-        grad_f = part.view(b, h, w, c).permute(0, 3, 1, 2)
-        weight = kernel[f * c : (f + 1) * c]
-        out += rows(F.conv_transpose2d(grad_f, weight, None, 1, 1, 0, c))
+        # The residual path: the state passes through, times the alive mask.
+        grad_x = torch.empty((b, h, w, c), dtype=grad_y.dtype, device=grad_y.device)
+        flat = grad_x.view(-1, c)
+        flat.copy_(rows(grad_y))
+        upd = flat[:, fixed:]
+        if dead is not None:
+            upd.index_fill_(0, dead, 0.0)
+        grad_dx = upd if idx is None else upd.index_select(0, idx)
+
+        # The update MLP, its hidden layers recomputed from the selected feature rows.
+        feats = xd = None
+        if self.recompute and self.perm is None:
+            with torch.enable_grad():
+                xd = data.detach().requires_grad_(need_x)
+                feats = nca.perception(xd)
+            f_rows = rows(feats.detach())
+            if idx is not None:
+                f_rows = f_rows.index_select(0, idx)
+        else:
+            f_rows = data
+        p_need = [g is not None for g in grads[n_mlp:]]
+        if self.perm is not None:
+            need_f = need_x
+        elif self.recompute:
+            need_f = need_x or any(p_need)
+        else:
+            need_f = need_features
+        padded = grad_f_rows = None
+        if need_f:
+            n, width = f_rows.shape
+            padded, grad_f_rows = _padded_rows(n, width, f_rows, inv is not None)
+        self._mlp_backward(f_rows, grad_dx, grads, grad_f_rows)
+        grad_state = grad_x.permute(0, 3, 1, 2) if need_x else None
+        if padded is None:
+            return grad_state, None
+        if self.perm is not None:  # the Sobel adjoint
+            self._sobel_adjoint(padded, inv, (b, c, h, w), flat)
+            return grad_state, None
+        grad_f = _scatter(padded, inv).view(b, h, w, -1).permute(0, 3, 1, 2)
+        if not self.recompute:
+            return grad_state, grad_f
+
+        # Autograd on the recomputed perception.
+        assert feats is not None and xd is not None
+        wanted = [p for p, need in zip(self.p_params, p_need, strict=True) if need]
+        targets = ([xd] if need_x else []) + wanted
+        results = list(torch.autograd.grad(feats, targets, grad_f)) if targets else []
+        if need_x:
+            grad_x += results.pop(0).permute(0, 2, 3, 1)
+        it = iter(results)
+        for i, need in enumerate(p_need):
+            if need:
+                acc = grads[n_mlp + i]
+                assert acc is not None
+                acc += next(it)
+        return grad_state, None
+
+    # Parameter gradients -----------------------------------------------------------------
+
+    def params(self) -> list[Tensor]:
+        """The parameters whose gradients the backward pass computes, in its order."""
+        mlp = [p for layer in self.layers for p in (layer.weight, layer.bias)]
+        return mlp + self.p_params
+
+    def grad_buffers(self, needed: Sequence[bool]) -> list[Tensor | None]:
+        """Zeroed accumulators for the parameters that need gradients (fast order)."""
+        shapes = [w.shape for pair in zip(self.weights, self.biases, strict=True) for w in pair]
+        shapes += [p.shape for p in self.p_params]
+        like = self.weights[0]
+        return [like.new_zeros(s) if need else None for s, need in zip(shapes, needed, strict=True)]
+
+    def finish(self, grads: list[Tensor | None]) -> list[Tensor | None]:
+        """The accumulated gradients in the parameters' own order."""
+        if self.perm is not None and grads[0] is not None:
+            grads[0] = torch.empty_like(grads[0]).index_copy_(1, self.perm, grads[0])
+        return grads
 
 
 class FusedStep(torch.autograd.Function):
@@ -176,126 +361,86 @@ class FusedStep(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: FunctionCtx,
-        nca: NCA,
+        plan: StepPlan,
         x: Tensor,
         features: Tensor | None,
         fire: Tensor | None,
         noise: Tensor | None,
         *params: Tensor,
     ) -> Tensor:
-        b, c, h, w = x.shape
-        fixed = nca.layout.fixed
         x = x.contiguous(memory_format=torch.channels_last)
-        pre = nca.alive(x) if nca.alive_channel is not None else None
         select = None if fire is None else fire > 0
-        if pre is not None:
-            near = _dilate(nca, pre)
-            select = near if select is None else select & near
-        idx = None if select is None else select.reshape(-1).nonzero().squeeze(1)
-        if idx is not None and idx.numel() == b * h * w:
-            idx = None
-        recompute = features is None
-        perm = _sobel_order(nca) if recompute else None
-        first = nca.update.layers[0].weight
-        if perm is not None:
-            f_rows, first = _sobel_rows(nca, x, idx), first.index_select(1, perm)
-        else:
-            f_rows = rows(nca.perception(x) if features is None else features)
-            if idx is not None:
-                f_rows = f_rows.index_select(0, idx)
-        dx = _mlp_forward(nca, f_rows, first)
-        if noise is not None:
-            noise_rows = rows(noise)
-            dx += noise_rows if idx is None else noise_rows.index_select(0, idx)
-        if idx is not None:  # scattered into zeros: a serial accumulate is 2x slower
-            dx = dx.new_zeros((b * h * w, dx.shape[1])).index_copy_(0, idx, dx)
-        out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)
-        flat, x_rows = out.view(-1, c), rows(x)
-        if fixed:
-            flat[:, :fixed] = x_rows[:, :fixed]
-        upd = torch.add(x_rows[:, fixed:], dx, out=flat[:, fixed:])
-        y = out.permute(0, 3, 1, 2)
-        dead = None
-        if pre is not None:  # zero the dead rows only: usually few, and a full pass is slow
-            dead = (~(pre & nca.alive(y))).reshape(-1).nonzero().squeeze(1)
-            upd.index_fill_(0, dead, 0.0)
-        ctx.nca, ctx.shape, ctx.recompute = nca, (b, c, h, w), recompute
-        ctx.save_for_backward(x if recompute else f_rows, idx, dead, perm)
+        y, saved = plan.forward(x, select, noise, features)
+        ctx.plan = plan
+        ctx.save_for_backward(*saved)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-        nca: NCA = ctx.nca
-        saved, idx, dead, perm = ctx.saved_tensors
-        b, c, h, w = ctx.shape
-        fixed = nca.layout.fixed
-        need_x = ctx.needs_input_grad[1]
-        need = list(ctx.needs_input_grad[5:])
-        n_mlp = 2 * len(nca.update.layers)
+        plan: StepPlan = ctx.plan
+        grads = plan.grad_buffers(ctx.needs_input_grad[5:])
+        need_x, need_f = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_x, grad_f = plan.backward(ctx.saved_tensors, grad_y, grads, need_x, need_f)
+        return (None, grad_x, grad_f, None, None, *plan.finish(grads))
 
-        # The residual path: the state passes through, times the alive mask.
-        grad_x = torch.empty((b, h, w, c), dtype=grad_y.dtype, device=grad_y.device)
-        flat = grad_x.view(-1, c)
-        flat.copy_(rows(grad_y))
-        upd = flat[:, fixed:]
-        if dead is not None:
-            upd.index_fill_(0, dead, 0.0)
-        grad_dx = upd if idx is None else upd.index_select(0, idx)
 
-        # The update MLP, its hidden layers recomputed from the selected feature rows.
-        first = nca.update.layers[0].weight
-        if perm is not None:
-            first = first.index_select(1, perm)
-        feats = xd = None
-        if perm is not None:
-            f_rows = _sobel_rows(nca, saved, idx)
-        elif ctx.recompute:
-            with torch.enable_grad():
-                xd = saved.detach().requires_grad_(need_x)
-                feats = nca.perception(xd)
-            f_rows = rows(feats.detach())
-            if idx is not None:
-                f_rows = f_rows.index_select(0, idx)
-        else:
-            f_rows = saved
-        if perm is not None:
-            need_f = need_x
-        elif ctx.recompute:
-            need_f = need_x or any(need[n_mlp:])
-        else:
-            need_f = ctx.needs_input_grad[2]
-        grad_f_rows, mlp_grads = _mlp_backward(nca, f_rows, grad_dx, first, need[:n_mlp], need_f)
-        if perm is not None and mlp_grads[0] is not None:
-            mlp_grads[0] = torch.empty_like(mlp_grads[0]).index_copy_(1, perm, mlp_grads[0])
-        rest = [None] * (len(need) - n_mlp)  # the perception's parameters, when inputs
-        no_grad_f = (None, grad_x.permute(0, 3, 1, 2), None, None, None, *mlp_grads, *rest)
-        if grad_f_rows is None:
-            return no_grad_f
-        if perm is not None:  # the Sobel adjoint
-            _sobel_adjoint(nca, grad_f_rows, idx, ctx.shape, flat)
-            return no_grad_f
-        if idx is None:
-            grad_f = grad_f_rows
-        else:
-            grad_f = grad_f_rows.new_zeros((b * h * w, grad_f_rows.shape[1]))
-            grad_f.index_copy_(0, idx, grad_f_rows)
-        grad_f = grad_f.view(b, h, w, -1).permute(0, 3, 1, 2)
+def _run(
+    plan: StepPlan,
+    x: Tensor,
+    fire: Tensor | None,
+    noise: Tensor | None,
+    steps: int,
+    trajectory: list[Tensor] | None,
+    saved: list[Tensor | None] | None,
+) -> Tensor:
+    """``steps`` steps from ``x``, appending what each step's backward needs to ``saved``
+    when given and every new state to ``trajectory`` when given."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    select = None if fire is None else fire > 0
+    for i in range(steps):
+        x, kept = plan.forward(
+            x, None if select is None else select[i], None if noise is None else noise[i]
+        )
+        if saved is not None:
+            saved.extend(kept)
+        if trajectory is not None:
+            trajectory.append(x)
+    return x
 
-        # The perception's backward: autograd's own (features given), or autograd on the
-        # recomputation.
-        if not ctx.recompute:
-            return (None, grad_x.permute(0, 3, 1, 2), grad_f, None, None, *mlp_grads)
-        p_need = need[n_mlp:]
-        assert feats is not None and xd is not None
-        params = list(nca.perception.parameters())
-        wanted = [p for p, n in zip(params, p_need, strict=True) if n]
-        targets = ([xd] if need_x else []) + wanted
-        grads = list(torch.autograd.grad(feats, targets, grad_f)) if targets else []
-        if need_x:
-            grad_x += grads.pop(0).permute(0, 2, 3, 1)
-        it = iter(grads)
-        p_grads = [next(it) if n else None for n in p_need]
-        return (None, grad_x.permute(0, 3, 1, 2), None, None, None, *mlp_grads, *p_grads)
+
+class FusedRollout(torch.autograd.Function):
+    """Steps of an NCA whose perception the backward pass recomputes, as one autograd
+    node: what :class:`FusedStep` computes step by step, without a graph node, weight
+    preparation and gradient accumulation per step."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        plan: StepPlan,
+        x: Tensor,
+        fire: Tensor | None,
+        noise: Tensor | None,
+        steps: int,
+        trajectory: list[Tensor] | None,
+        *params: Tensor,
+    ) -> Tensor:
+        saved: list[Tensor | None] = []
+        y = _run(plan, x, fire, noise, steps, trajectory, saved)
+        ctx.plan = plan
+        ctx.save_for_backward(*saved)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        plan: StepPlan = ctx.plan
+        saved = ctx.saved_tensors
+        grads = plan.grad_buffers(ctx.needs_input_grad[6:])
+        grad: Tensor | None = grad_y
+        for i in range(len(saved) // SAVED - 1, -1, -1):
+            assert grad is not None
+            need_x = i > 0 or ctx.needs_input_grad[1]
+            grad, _ = plan.backward(saved[i * SAVED : (i + 1) * SAVED], grad, grads, need_x)
+        return (None, grad, None, None, None, None, *plan.finish(grads))
 
 
 def recompute_perception(nca: NCA) -> bool:
@@ -308,9 +453,30 @@ def recompute_perception(nca: NCA) -> bool:
 
 def fused_step(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None) -> Tensor:
     """:meth:`NCA.reference_step`, computed by :class:`FusedStep`."""
-    params = [p for layer in nca.update.layers for p in (layer.weight, layer.bias)]
     if recompute_perception(nca) or not torch.is_grad_enabled():
-        params += list(nca.perception.parameters())
-        return FusedStep.apply(nca, x, None, fire, noise, *params)
+        plan = StepPlan(nca, recompute=True)
+        return FusedStep.apply(plan, x, None, fire, noise, *plan.params())
+    plan = StepPlan(nca, recompute=False)
     x = x.contiguous(memory_format=torch.channels_last)
-    return FusedStep.apply(nca, x, nca.perception(x), fire, noise, *params)
+    return FusedStep.apply(plan, x, nca.perception(x), fire, noise, *plan.params())
+
+
+def fused_rollout(
+    nca: NCA,
+    x: Tensor,
+    fire: Tensor | None,
+    noise: Tensor | None,
+    steps: int,
+    trajectory: list[Tensor] | None,
+) -> Tensor | None:
+    """``steps`` steps from ``x`` with the fire masks and noise of each (first dimension),
+    computed by :class:`FusedRollout`; None when the perception is costly, to be run
+    step by step."""
+    grad = torch.is_grad_enabled()
+    if grad and not recompute_perception(nca):
+        return None
+    plan = StepPlan(nca, recompute=True)
+    params = plan.params()
+    if not grad or not (x.requires_grad or any(p.requires_grad for p in params)):
+        return _run(plan, x, fire, noise, steps, trajectory, None)
+    return FusedRollout.apply(plan, x, fire, noise, steps, trajectory, *params)

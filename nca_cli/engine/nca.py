@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nca_cli.config import ModelConfig
-from nca_cli.engine.fused import fused_step
+from nca_cli.engine.fused import fused_rollout, fused_step
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.perception import Perception, build_perception, max3x3, pad
 from nca_cli.engine.update import UpdateMLP
@@ -89,17 +89,21 @@ class NCA(nn.Module):
             noise = noise * self.update_noise
         return StepNoise(fire, noise)
 
+    def _fast(self, x: Tensor) -> bool:
+        """Whether the fused step applies: float32/64 outside bf16 autocast, ``fast`` on."""
+        return (
+            self.fast
+            and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
     def step(self, x: Tensor, fire: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """One NCA step; ``fire`` (B, 1, H, W) selects the cells that update.
 
         Runs the fused step, which gives the reference step's values and gradients faster
         and in less memory; the reference step under bf16 autocast or with ``fast`` off.
         """
-        if (
-            self.fast
-            and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled(x.device.type)
-        ):
+        if self._fast(x):
             return fused_step(self, x, fire, noise)
         return self.reference_step(x, fire, noise)
 
@@ -121,9 +125,24 @@ class NCA(nn.Module):
             updated = updated * (pre & post).to(x.dtype)
         return torch.cat([x[:, :fixed], updated], 1) if fixed else updated
 
-    def _block(self, x: Tensor, fire: Tensor | None, noise: Tensor | None, n: int) -> Tensor:
+    def _block(
+        self,
+        x: Tensor,
+        fire: Tensor | None,
+        noise: Tensor | None,
+        n: int,
+        trajectory: list[Tensor] | None = None,
+    ) -> Tensor:
+        """``n`` steps, appending each new state to ``trajectory`` when given: one fused
+        rollout where it applies, else step by step."""
+        if self._fast(x):
+            y = fused_rollout(self, x, fire, noise, n, trajectory)
+            if y is not None:
+                return y
         for i in range(n):
             x = self.step(x, None if fire is None else fire[i], None if noise is None else noise[i])
+            if trajectory is not None:
+                trajectory.append(x)
         return x
 
     def rollout(
@@ -144,15 +163,14 @@ class NCA(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         noise = self.draw_noise(x, steps, generator)
         states: list[Tensor] = []
-        block = checkpoint_every if checkpoint_every > 0 and torch.is_grad_enabled() else 1
-        for start in range(0, steps, block):
-            n = min(block, steps - start)
+        if checkpoint_every <= 0 or not torch.is_grad_enabled():
+            x = self._block(x, noise.fire, noise.update, steps, states if trajectory else None)
+            return x, [s.detach() for s in states]
+        for start in range(0, steps, checkpoint_every):
+            n = min(checkpoint_every, steps - start)
             fire = None if noise.fire is None else noise.fire[start : start + n]
             upd = None if noise.update is None else noise.update[start : start + n]
-            if block > 1:
-                x = checkpoint(self._block, x, fire, upd, n, use_reentrant=False)
-            else:
-                x = self._block(x, fire, upd, n)
+            x = checkpoint(self._block, x, fire, upd, n, use_reentrant=False)
             if trajectory:
                 states.append(x.detach())
         return x, states
