@@ -20,6 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from nca_cli.compute import configure_cpu
+
 
 @dataclass
 class BenchCase:
@@ -147,7 +149,7 @@ def run_case(name: str, case: BenchCase, opts: dict[str, Any]) -> dict[str, Any]
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(opts["threads"])
+    configure_cpu(opts["threads"])
     device = torch.device(opts["device"])
     torch.manual_seed(0)
     nca = build_model(name, case).to(device)

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from nca_cli.compute import configure_cpu
 from nca_cli.config import RunConfig, apply_overrides, parse_run_config
 from nca_cli.engine.cascade import CascadeNCA, build_model
 from nca_cli.engine.nca import NCA
@@ -70,8 +69,7 @@ def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> L
         raise EvalError(f"{checkpoint} holds no config or model: not an nca training checkpoint")
     config = apply_overrides(saved, list(overrides), f"the run of {checkpoint}")
     run = parse_run_config(config)
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    configure_cpu(run.threads)
     task = task_class(str(run.task.get("name", "")))(run)
     nca = build_model(run.model, run.perception, task.layout, task.alive_channel)
     try:

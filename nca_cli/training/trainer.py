@@ -23,6 +23,7 @@ import yaml
 from torch import Tensor
 
 from nca_cli.atomic import remove_stale_temporaries, write_text_atomic
+from nca_cli.compute import configure_cpu
 from nca_cli.config import mask_secrets, parse_run_config
 from nca_cli.datasets.splits import save_splits
 from nca_cli.engine.cascade import build_model
@@ -63,8 +64,7 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.run = run = parse_run_config(config)
-        if run.threads:
-            torch.set_num_threads(run.threads)
+        configure_cpu(run.threads)
         self.device = torch.device(run.device)
         self.task = task_class(str(run.task.get("name", "")))(run)
         torch.manual_seed(run.seed)
