@@ -267,7 +267,7 @@ class StepPlan:
         data, idx, inv, dead = saved
         assert data is not None
         nca, fixed = self.nca, self.fixed
-        b, h, w, c = grad_y.shape[0], grad_y.shape[2], grad_y.shape[3], grad_y.shape[1]
+        b, c, h, w = grad_y.shape
         n_mlp = 2 * len(self.layers)
 
         # The residual path: the state passes through, times the alive mask.
@@ -349,26 +349,20 @@ class StepPlan:
 
 
 class FusedStep(torch.autograd.Function):
-    """One NCA step: ``x``, and the perceived ``features`` when autograd computed them.
-
-    With ``features`` None, the perception runs inside and is recomputed in the backward
-    pass (cheap perceptions: only the state is stored); ``params`` are then the MLP's and
-    the perception's parameters. Otherwise autograd owns the perception and its backward
-    (costly perceptions: a recomputation would cost more than it saves) and this function
-    stores the selected feature rows.
-    """
+    """One NCA step of a costly perception, from ``x`` and its perceived ``features``:
+    autograd owns the perception and its backward (a recomputation would cost more than
+    it saves), this function the rest; ``params`` are the MLP's."""
 
     @staticmethod
     def forward(
         ctx: FunctionCtx,
         plan: StepPlan,
         x: Tensor,
-        features: Tensor | None,
+        features: Tensor,
         fire: Tensor | None,
         noise: Tensor | None,
         *params: Tensor,
     ) -> Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
         select = None if fire is None else fire > 0
         y, saved = plan.forward(x, select, noise, features)
         ctx.plan = plan
@@ -410,8 +404,7 @@ def _run(
 
 class FusedRollout(torch.autograd.Function):
     """Steps of an NCA whose perception the backward pass recomputes, as one autograd
-    node: what :class:`FusedStep` computes step by step, without a graph node, weight
-    preparation and gradient accumulation per step."""
+    node: no graph node, weight preparation or gradient accumulation per step."""
 
     @staticmethod
     def forward(
@@ -452,10 +445,12 @@ def recompute_perception(nca: NCA) -> bool:
 
 
 def fused_step(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None) -> Tensor:
-    """:meth:`NCA.reference_step`, computed by :class:`FusedStep`."""
-    if recompute_perception(nca) or not torch.is_grad_enabled():
-        plan = StepPlan(nca, recompute=True)
-        return FusedStep.apply(plan, x, None, fire, noise, *plan.params())
+    """:meth:`NCA.reference_step`: a fused rollout of one step, or :class:`FusedStep` for
+    a costly perception."""
+    one = [None if t is None else t.unsqueeze(0) for t in (fire, noise)]
+    y = fused_rollout(nca, x, one[0], one[1], 1, None)
+    if y is not None:
+        return y
     plan = StepPlan(nca, recompute=False)
     x = x.contiguous(memory_format=torch.channels_last)
     return FusedStep.apply(plan, x, nca.perception(x), fire, noise, *plan.params())
