@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from nca_cli.engine.fused import _dilate, block_rows
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
 from nca_cli.engine.perception import build_perception, max3x3, pad
+from nca_cli.engine.shards import batch_shards, run_shards
 
 CONV3 = {"kind": "conv", "kernel_size": 3}
 PERCEPTIONS: dict[str, dict[str, Any]] = {
@@ -222,3 +224,57 @@ def test_depthwise_perception_matches_a_grouped_convolution(padding: str) -> Non
     expected = F.conv2d(xp, conv.weight, conv.bias, groups=5)
     torch.testing.assert_close(p(x), expected)
     torch.testing.assert_close(p(x.contiguous(memory_format=torch.channels_last)), expected)
+
+
+@pytest.fixture
+def threads() -> Iterator[Callable[[int], None]]:
+    """Set torch's intra-op thread count for a test; restored after it."""
+    own = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(own)
+
+
+@pytest.mark.parametrize("perception", ["sobel", "residual"])
+def test_batch_shards_on_threads_match_one_thread(
+    perception: str, threads: Callable[[int], None]
+) -> None:
+    """Uneven shards (5 items on 3 threads) give the one-thread values, trajectory and
+    gradients, and the reference's."""
+    nca = make_nca(PERCEPTIONS[perception], update_noise=0.01)
+    x0 = state(batch=5, height=10, width=9)
+    results = []
+    for n in (1, 3):
+        threads(n)
+        assert len(batch_shards(x0)) == n
+        with torch.no_grad():
+            _, states = nca.rollout(x0, 4, torch.Generator().manual_seed(2), trajectory=True)
+        results.append((run(nca, x0, 4, fast=True), states))
+    (one, one_states), (sharded, sharded_states) = results
+    assert_same(sharded, one)
+    assert_same(tuple(sharded_states), tuple(one_states))
+    assert sharded_states[-1].shape == x0.shape
+    assert_same(sharded, run(nca, x0, 4, fast=False))
+
+
+def test_shard_workers_split_the_threads_and_leave_the_callers(
+    threads: Callable[[int], None],
+) -> None:
+    x = torch.zeros(2, 1, 1, 1)
+    threads(4)
+    counts = run_shards(lambda _: torch.get_num_threads(), batch_shards(x))
+    assert counts == [2, 2]
+    assert torch.get_num_threads() == 4
+    threads(2)
+    assert batch_shards(torch.zeros(8, 1, 1, 1)) == [slice(0, 4), slice(4, 8)]
+    assert run_shards(lambda _: torch.get_num_threads(), batch_shards(x)) == [1, 1]
+    assert torch.get_num_threads() == 2
+
+
+def test_an_error_in_a_shard_reaches_the_caller(threads: Callable[[int], None]) -> None:
+    threads(2)
+
+    def fail(shard: slice) -> None:
+        raise ValueError(f"shard {shard.start}")
+
+    with pytest.raises(ValueError, match="shard"):
+        run_shards(fail, batch_shards(torch.zeros(2, 1, 1, 1)))

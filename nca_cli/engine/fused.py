@@ -18,8 +18,9 @@ float64, equal up to rounding) and differ in how:
   Storing its feature rows (about 1.5 states per step at fire rate 0.5) instead of the state
   (one) saves recomputing them: 5% of a training iteration for 3% more memory.
 - a rollout of cheap perceptions is one autograd node (:class:`FusedRollout`): the weights
-  are prepared once, and the parameter gradients
-  accumulate in place over the steps.
+  are prepared once, and the parameter gradients accumulate in place over the steps. On
+  the CPU it runs batch shards on parallel threads (:mod:`nca_cli.engine.shards`), each
+  with its own gradient accumulators, summed in shard order (deterministic).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from nca_cli.engine.perception import SobelPerception, max3x3, pad, perception_flops
+from nca_cli.engine.shards import batch_shards, run_shards
 
 if TYPE_CHECKING:
     from nca_cli.engine.nca import NCA
@@ -403,9 +405,50 @@ def _run(
     return x
 
 
+def _run_sharded(
+    plan: StepPlan,
+    x: Tensor,
+    fire: Tensor | None,
+    noise: Tensor | None,
+    steps: int,
+    trajectory: list[Tensor] | None,
+    saved: list[list[Tensor | None]] | None,
+) -> tuple[Tensor, list[slice]]:
+    """:func:`_run` on batch shards in parallel (:mod:`nca_cli.engine.shards`): the final
+    state and the shards; ``saved`` gets one list per shard."""
+    shards = batch_shards(x)
+
+    def part(s: slice) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
+        states: list[Tensor] = []
+        kept: list[Tensor | None] = []
+        y = _run(
+            plan,
+            x[s],
+            None if fire is None else fire[:, s],
+            None if noise is None else noise[:, s],
+            steps,
+            None if trajectory is None else states,
+            None if saved is None else kept,
+        )
+        return y, states, kept
+
+    results = run_shards(part, shards)
+    if len(results) == 1:
+        y, states, _ = results[0]
+    else:
+        y = torch.cat([r[0] for r in results]).contiguous(memory_format=torch.channels_last)
+        states = [torch.cat([r[1][i] for r in results]) for i in range(len(results[0][1]))]
+    if trajectory is not None:
+        trajectory.extend(states)
+    if saved is not None:
+        saved.extend(r[2] for r in results)
+    return y, shards
+
+
 class FusedRollout(torch.autograd.Function):
     """Steps of an NCA whose perception the backward pass recomputes, as one autograd
-    node: no graph node, weight preparation or gradient accumulation per step."""
+    node: no graph node, weight preparation or gradient accumulation per step; on the
+    CPU, batch shards run on parallel threads."""
 
     @staticmethod
     def forward(
@@ -418,23 +461,42 @@ class FusedRollout(torch.autograd.Function):
         trajectory: list[Tensor] | None,
         *params: Tensor,
     ) -> Tensor:
-        saved: list[Tensor | None] = []
-        y = _run(plan, x, fire, noise, steps, trajectory, saved)
-        ctx.plan = plan
-        ctx.save_for_backward(*saved)
+        saved: list[list[Tensor | None]] = []
+        y, shards = _run_sharded(plan, x, fire, noise, steps, trajectory, saved)
+        ctx.plan, ctx.shards = plan, shards
+        ctx.save_for_backward(*(t for kept in saved for t in kept))
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         plan: StepPlan = ctx.plan
+        shards: list[slice] = ctx.shards
         saved = ctx.saved_tensors
-        grads = plan.grad_buffers(ctx.needs_input_grad[6:])
-        grad: Tensor | None = grad_y
-        for i in range(len(saved) // SAVED - 1, -1, -1):
-            assert grad is not None
-            need_x = i > 0 or ctx.needs_input_grad[1]
-            grad, _ = plan.backward(saved[i * SAVED : (i + 1) * SAVED], grad, grads, need_x)
-        return (None, grad, None, None, None, None, *plan.finish(grads))
+        per_shard = len(saved) // len(shards)
+        needed = ctx.needs_input_grad[6:]
+        need_input = ctx.needs_input_grad[1]
+
+        def part(k: int) -> tuple[Tensor | None, list[Tensor | None]]:
+            grads = plan.grad_buffers(needed)
+            mine = saved[k * per_shard : (k + 1) * per_shard]
+            grad: Tensor | None = grad_y[shards[k]]
+            for i in range(per_shard // SAVED - 1, -1, -1):
+                assert grad is not None
+                need_x = i > 0 or need_input
+                grad, _ = plan.backward(mine[i * SAVED : (i + 1) * SAVED], grad, grads, need_x)
+            return grad, grads
+
+        results = run_shards(part, range(len(shards)))
+        grads = results[0][1]
+        for _, more in results[1:]:
+            for acc, g in zip(grads, more, strict=True):
+                if acc is not None and g is not None:
+                    acc += g
+        grad_x = None
+        if need_input:
+            parts = [g for g, _ in results if g is not None]
+            grad_x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return (None, grad_x, None, None, None, None, *plan.finish(grads))
 
 
 def recompute_perception(nca: NCA) -> bool:
@@ -474,5 +536,5 @@ def fused_rollout(
     plan = StepPlan(nca, recompute=True)
     params = plan.params()
     if not grad or not (x.requires_grad or any(p.requires_grad for p in params)):
-        return _run(plan, x, fire, noise, steps, trajectory, None)
+        return _run_sharded(plan, x, fire, noise, steps, trajectory, None)[0]
     return FusedRollout.apply(plan, x, fire, noise, steps, trajectory, *params)
