@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -278,3 +279,23 @@ def test_an_error_in_a_shard_reaches_the_caller(threads: Callable[[int], None]) 
 
     with pytest.raises(ValueError, match="shard"):
         run_shards(fail, batch_shards(torch.zeros(2, 1, 1, 1)))
+
+
+def _shard_counts_in_child(queue: Any) -> None:
+    queue.put(run_shards(lambda _: torch.get_num_threads(), batch_shards(torch.zeros(2, 1))))
+
+
+def test_a_forked_child_runs_shards_on_threads_of_its_own(threads: Callable[[int], None]) -> None:
+    """A forked process has none of its parent's pool threads: it must start its own, not
+    wait forever for the parent's."""
+    threads(2)
+    assert run_shards(lambda _: torch.get_num_threads(), batch_shards(torch.zeros(2, 1))) == [1, 1]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_shard_counts_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == [1, 1]

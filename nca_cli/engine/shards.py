@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +36,9 @@ def batch_shards(x: Tensor) -> list[slice]:
 
 
 @functools.cache
-def _pool(workers: int, threads_each: int) -> ThreadPoolExecutor:
-    """``workers`` threads that each run torch with ``threads_each`` intra-op threads.
+def _pool(workers: int, threads_each: int, pid: int) -> ThreadPoolExecutor:
+    """``workers`` threads that each run torch with ``threads_each`` intra-op threads, in
+    process ``pid`` (a forked child has none of its parent's threads).
 
     torch's thread count is per thread, but setting it also sets the default of threads
     that have not yet run torch, so the caller's count is set back once the workers exist.
@@ -70,5 +72,5 @@ def run_shards(fn: Callable[[S], T], shards: Sequence[S]) -> list[T]:
             return fn(shard)
 
     threads = torch.get_num_threads()
-    pool = _pool(len(shards), max(1, threads // len(shards)))
+    pool = _pool(len(shards), max(1, threads // len(shards)), os.getpid())
     return list(pool.map(task, shards))
