@@ -5,6 +5,8 @@ Split over the cores one operation at a time (torch's intra-op threads), each en
 barrier, and those below torch's grain size run on one core while the others wait. The
 cells of different batch items never interact within a step, so shards of the batch, each
 on its own thread with its own intra-op threads, keep every core busy without barriers.
+On 2 cores this takes a training iteration of the growing NCA 0.84x the time, and of the
+segmentation case 0.87x (in-process A/B against one shard).
 """
 
 from __future__ import annotations
