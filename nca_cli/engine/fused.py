@@ -388,48 +388,27 @@ def _run(
     noise: Tensor | None,
     steps: int,
     trajectory: list[Tensor] | None,
-    saved: list[Tensor | None] | None,
-) -> Tensor:
-    """``steps`` steps from ``x``, appending what each step's backward needs to ``saved``
-    when given and every new state to ``trajectory`` when given."""
-    x = x.contiguous(memory_format=torch.channels_last)
-    select = None if fire is None else fire > 0
-    for i in range(steps):
-        x, kept = plan.forward(
-            x, None if select is None else select[i], None if noise is None else noise[i]
-        )
-        if saved is not None:
-            saved.extend(kept)
-        if trajectory is not None:
-            trajectory.append(x)
-    return x
-
-
-def _run_sharded(
-    plan: StepPlan,
-    x: Tensor,
-    fire: Tensor | None,
-    noise: Tensor | None,
-    steps: int,
-    trajectory: list[Tensor] | None,
     saved: list[list[Tensor | None]] | None,
 ) -> tuple[Tensor, list[slice]]:
-    """:func:`_run` on batch shards in parallel (:mod:`nca_cli.engine.shards`): the final
-    state and the shards; ``saved`` gets one list per shard."""
+    """``steps`` steps from ``x`` on batch shards in parallel (:mod:`nca_cli.engine.shards`):
+    the final state and the shards. Appends every new state to ``trajectory`` when given,
+    and to ``saved``, when given, one list per shard of what each step's backward needs."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    select = None if fire is None else fire > 0
     shards = batch_shards(x)
 
     def part(s: slice) -> tuple[Tensor, list[Tensor], list[Tensor | None]]:
+        y = x[s]
         states: list[Tensor] = []
         kept: list[Tensor | None] = []
-        y = _run(
-            plan,
-            x[s],
-            None if fire is None else fire[:, s],
-            None if noise is None else noise[:, s],
-            steps,
-            None if trajectory is None else states,
-            None if saved is None else kept,
-        )
+        for i in range(steps):
+            y, needs = plan.forward(
+                y, None if select is None else select[i, s], None if noise is None else noise[i, s]
+            )
+            if saved is not None:
+                kept.extend(needs)
+            if trajectory is not None:
+                states.append(y)
         return y, states, kept
 
     results = run_shards(part, shards)
@@ -462,7 +441,7 @@ class FusedRollout(torch.autograd.Function):
         *params: Tensor,
     ) -> Tensor:
         saved: list[list[Tensor | None]] = []
-        y, shards = _run_sharded(plan, x, fire, noise, steps, trajectory, saved)
+        y, shards = _run(plan, x, fire, noise, steps, trajectory, saved)
         ctx.plan, ctx.shards = plan, shards
         ctx.save_for_backward(*(t for kept in saved for t in kept))
         return y
@@ -536,5 +515,5 @@ def fused_rollout(
     plan = StepPlan(nca, recompute=True)
     params = plan.params()
     if not grad or not (x.requires_grad or any(p.requires_grad for p in params)):
-        return _run_sharded(plan, x, fire, noise, steps, trajectory, None)[0]
+        return _run(plan, x, fire, noise, steps, trajectory, None)[0]
     return FusedRollout.apply(plan, x, fire, noise, steps, trajectory, *params)
