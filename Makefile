@@ -12,6 +12,8 @@ export TORCH_HOME ?= $(SHARED)/torch_home
 export NCA_DATA_DIR ?= $(SHARED)/data
 export WANDB_MODE ?= offline
 export WANDB_X_DISABLE_STATS ?= true
+# The native operators' build cache lives with the environment (`make clean` removes it).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: install test test-slow demo bench lint format clean
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nca_cli.config import ModelConfig
-from nca_cli.engine.fused import _dilate, block_rows
+from nca_cli.engine import native
+from nca_cli.engine.fused import StepPlan, _dilate, block_rows
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
 from nca_cli.engine.perception import build_perception, max3x3, pad
@@ -84,10 +87,24 @@ def assert_same(a: tuple[Tensor, ...], b: tuple[Tensor, ...], **tol: float) -> N
         torch.testing.assert_close(u, v, msg=lambda m, i=i: f"tensor {i}: {m}", **tol)
 
 
+@pytest.fixture(params=["native", "python"])
+def mlp_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fused step with the MLP's block loops native (C++), or in Python, as where no
+    compiler is found."""
+    if request.param == "python":
+        monkeypatch.setenv("NCA_NATIVE", "0")
+        assert native.mlp_ops() is None
+    elif native.mlp_ops() is None:
+        pytest.skip("no C++ compiler: the native operators cannot be built")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("alive", [True, False])
 @pytest.mark.parametrize("fire_rate", [0.5, 1.0])
 @pytest.mark.parametrize("perception", list(PERCEPTIONS))
-def test_fast_step_matches_reference(perception: str, fire_rate: float, alive: bool) -> None:
+def test_fast_step_matches_reference(
+    perception: str, fire_rate: float, alive: bool, mlp_loops: str
+) -> None:
     nca = make_nca(PERCEPTIONS[perception], fire_rate=fire_rate, alive=alive)
     x0 = state()
     assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
@@ -153,12 +170,53 @@ def test_fast_step_matches_reference_in_float32_and_shares_draw_noise() -> None:
 
 
 @pytest.mark.parametrize("fire_rate", [0.5, 1.0])
-def test_blocks_of_rows_match_reference(fire_rate: float) -> None:
+def test_blocks_of_rows_match_reference(fire_rate: float, mlp_loops: str) -> None:
     """A grid large enough that the MLP runs in several blocks of rows."""
     nca = make_nca(PERCEPTIONS["sobel"], fire_rate=fire_rate, hidden=[512])
     x0 = state(batch=2, height=26, width=26, dead=0.0)
     assert block_rows(nca) == 512 and x0[:, 0].numel() * fire_rate > 1.2 * 512
     assert_same(run(nca, x0, 2, fast=True), run(nca, x0, 2, fast=False))
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_native_mlp_runs_the_python_loops_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a compiler is, the relu MLP runs natively, with the Python loops' arithmetic
+    (bit for bit) in several blocks, also with frozen parameters (no gradient buffers)."""
+    nca = make_nca(PERCEPTIONS["sobel"], hidden=[512, 64])
+    assert StepPlan(nca, recompute=True).native is not None
+    nca.update.layers[0].bias.requires_grad_(False)
+    nca.update.layers[2].weight.requires_grad_(False)
+    x0 = state(batch=2, height=36, width=36, dead=0.1)
+    assert x0[:, 0].numel() * 0.5 > 2 * block_rows(nca)
+    results = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv("NCA_NATIVE", setting)
+        results.append(run(nca, x0, 3, fast=True) + run(nca, x0, 2, True, grad_x=False))
+    assert_same(results[0], results[1], rtol=0, atol=0)
+    frozen_bias, frozen_weight = results[0][-5], results[0][-2]  # of [W0, b0, W1, b1, W2, b2]
+    assert not frozen_bias.any() and not frozen_weight.any() and results[0][-1].any()
+
+
+def test_without_a_compiler_the_step_runs_the_python_loops(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torch.utils import cpp_extension
+
+    def no_compiler(**_: Any) -> None:
+        raise RuntimeError("Error building extension 'nca_native': c++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    native._load.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert native.mlp_ops() is None
+            nca = make_nca(PERCEPTIONS["sobel"])
+            assert StepPlan(nca, recompute=True).native is None
+            x0 = state()
+            assert_same(run(nca, x0, 3, fast=True), run(nca, x0, 3, fast=False))
+    finally:
+        native._load.cache_clear()
+    assert "using the Python loops" in caplog.text and "c++: not found" in caplog.text
 
 
 def test_dead_regions_stay_dead_and_untouched() -> None:

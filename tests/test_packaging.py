@@ -78,6 +78,7 @@ def check_installed(venv: Path, site: Path, workdir: Path) -> None:
     # Only the nca_cli namespace is installed: no generic top-level `tasks` or `conf`.
     assert (site / "nca_cli" / "conf" / "config.yaml").is_file()
     assert list((site / "nca_cli" / "tasks" / "assets" / "emoji").glob("lizard.png"))
+    assert (site / "nca_cli" / "engine" / "native" / "mlp.cpp").is_file()
     for generic in ("tasks", "conf", "sweeps", "tests"):
         assert not (site / generic).exists(), generic
     env = {**os.environ, "NCA_OUTPUT_DIR": "outputs"}

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from nca_cli.engine.native import mlp_ops
 from nca_cli.engine.perception import SobelPerception, max3x3, pad, perception_flops
 from nca_cli.engine.shards import batch_shards, run_shards
 
@@ -109,6 +110,8 @@ class StepPlan:
         self.weights = [first, *(layer.weight.detach() for layer in self.layers[1:])]
         self.biases = [layer.bias.detach() for layer in self.layers]
         self.block = block_rows(nca)
+        on_cpu = self.weights[0].device.type == "cpu"
+        self.native = mlp_ops() if self.relu and on_cpu else None
         self.fixed = nca.layout.fixed
         self.alive = nca.alive_channel is not None
         if self.perm is not None:
@@ -135,6 +138,9 @@ class StepPlan:
 
     def _mlp_forward(self, f_rows: Tensor, out: Tensor) -> None:
         """The update MLP on feature rows, in blocks of rows, into ``out``."""
+        if self.native is not None:
+            self.native.mlp_forward(f_rows, self.weights, self.biases, out, self.block)
+            return
         for s in range(0, f_rows.shape[0], self.block):
             h = self._hidden(f_rows[s : s + self.block])[-1]
             torch.addmm(self.biases[-1], h, self.weights[-1].t(), out=out[s : s + self.block])
@@ -147,6 +153,19 @@ class StepPlan:
         feature-row gradients into ``grad_in`` when given; activations are recomputed block
         by block from the feature rows."""
         n = len(self.layers)
+        if self.native is not None:
+            mlp = grads[: 2 * n]
+            self.native.mlp_backward(
+                f_rows,
+                grad_out,
+                self.weights,
+                self.biases,
+                mlp[0::2],
+                mlp[1::2],
+                grad_in,
+                self.block,
+            )
+            return
         for s in range(0, f_rows.shape[0], self.block):
             inputs = self._hidden(f_rows[s : s + self.block])
             grad = grad_out[s : s + self.block]
