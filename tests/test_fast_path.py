@@ -87,14 +87,14 @@ def assert_same(a: tuple[Tensor, ...], b: tuple[Tensor, ...], **tol: float) -> N
         torch.testing.assert_close(u, v, msg=lambda m, i=i: f"tensor {i}: {m}", **tol)
 
 
-@pytest.fixture(params=["native", "python"])
-def mlp_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The fused step with the MLP's block loops native (C++), or in Python, as where no
-    compiler is found."""
-    if request.param == "python":
+@pytest.fixture(params=["native", "tensor ops"])
+def operators(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fused step with its native (C++) operators, or with tensor operations only, as
+    where no compiler is found."""
+    if request.param == "tensor ops":
         monkeypatch.setenv("NCA_NATIVE", "0")
-        assert native.mlp_ops() is None
-    elif native.mlp_ops() is None:
+        assert native.ops() is None
+    elif native.ops() is None:
         pytest.skip("no C++ compiler: the native operators cannot be built")
     return str(request.param)
 
@@ -103,7 +103,7 @@ def mlp_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("fire_rate", [0.5, 1.0])
 @pytest.mark.parametrize("perception", list(PERCEPTIONS))
 def test_fast_step_matches_reference(
-    perception: str, fire_rate: float, alive: bool, mlp_loops: str
+    perception: str, fire_rate: float, alive: bool, operators: str
 ) -> None:
     nca = make_nca(PERCEPTIONS[perception], fire_rate=fire_rate, alive=alive)
     x0 = state()
@@ -170,7 +170,7 @@ def test_fast_step_matches_reference_in_float32_and_shares_draw_noise() -> None:
 
 
 @pytest.mark.parametrize("fire_rate", [0.5, 1.0])
-def test_blocks_of_rows_match_reference(fire_rate: float, mlp_loops: str) -> None:
+def test_blocks_of_rows_match_reference(fire_rate: float, operators: str) -> None:
     """A grid large enough that the MLP runs in several blocks of rows."""
     nca = make_nca(PERCEPTIONS["sobel"], fire_rate=fire_rate, hidden=[512])
     x0 = state(batch=2, height=26, width=26, dead=0.0)
@@ -183,7 +183,7 @@ def test_native_mlp_runs_the_python_loops_arithmetic(monkeypatch: pytest.MonkeyP
     """Where a compiler is, the relu MLP runs natively, with the Python loops' arithmetic
     (bit for bit) in several blocks, also with frozen parameters (no gradient buffers)."""
     nca = make_nca(PERCEPTIONS["sobel"], hidden=[512, 64])
-    assert StepPlan(nca, recompute=True).native is not None
+    assert StepPlan(nca, recompute=True).native_mlp is not None
     nca.update.layers[0].bias.requires_grad_(False)
     nca.update.layers[2].weight.requires_grad_(False)
     x0 = state(batch=2, height=36, width=36, dead=0.1)
@@ -209,14 +209,49 @@ def test_without_a_compiler_the_step_runs_the_python_loops(
     native._load.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
-            assert native.mlp_ops() is None
+            assert native.ops() is None
             nca = make_nca(PERCEPTIONS["sobel"])
-            assert StepPlan(nca, recompute=True).native is None
+            assert StepPlan(nca, recompute=True).native_mlp is None
             x0 = state()
             assert_same(run(nca, x0, 3, fast=True), run(nca, x0, 3, fast=False))
     finally:
         native._load.cache_clear()
-    assert "using the Python loops" in caplog.text and "c++: not found" in caplog.text
+    assert "using tensor operations" in caplog.text and "c++: not found" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect", "replicate"])
+def test_native_alive_selection_matches_tensor_operations(
+    padding: str, pool: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alive map, selected rows, positions and dying rows, exactly, with alpha values at
+    the threshold (compared in the state's type), NaN and living cells at the borders."""
+    if native.ops() is None:
+        pytest.skip("no C++ compiler: the native operators cannot be built")
+    nca = make_nca(PERCEPTIONS["sobel"], padding=padding, alive_pool=pool).to(dtype)
+    x = state(batch=3, height=11, width=8, dead=0.7).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    alpha = x[:, 3]
+    alpha[0, 0, 0], alpha[0, 5, 7], alpha[1, 10, 3] = 0.1, 0.35, float("nan")
+    alpha[2, 4, :] = torch.tensor(0.1, dtype=dtype).nextafter(torch.tensor(1.0, dtype=dtype))
+    y = x + 0.15 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    fire = torch.rand((3, 1, 11, 8), generator=torch.Generator().manual_seed(5)) < 0.5
+    plans = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("NCA_NATIVE", setting)
+        plans[setting] = StepPlan(nca, recompute=True)
+    assert plans["1"].native_alive is not None and plans["0"].native_alive is None
+    for f in (fire, None):
+        got, want = plans["1"]._select(x, f), plans["0"]._select(x, f)
+        assert got[1] is not None and want[1] is not None and got[1].numel() < x[:, 0].numel()
+        for a, b in zip(got, want, strict=True):
+            assert a is not None and b is not None and a.dtype == b.dtype and torch.equal(a, b)
+    pre, ops = nca.alive(x), plans["1"].native_alive
+    dead = ops.dead_rows(pre, y, *plans["1"].alive_args)
+    assert dead.numel() > 0 and torch.equal(
+        dead, (~(pre & nca.alive(y))).reshape(-1).nonzero()[:, 0]
+    )
 
 
 def test_dead_regions_stay_dead_and_untouched() -> None:

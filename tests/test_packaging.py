@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from nca_cli.engine.native import SOURCES
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -78,7 +80,8 @@ def check_installed(venv: Path, site: Path, workdir: Path) -> None:
     # Only the nca_cli namespace is installed: no generic top-level `tasks` or `conf`.
     assert (site / "nca_cli" / "conf" / "config.yaml").is_file()
     assert list((site / "nca_cli" / "tasks" / "assets" / "emoji").glob("lizard.png"))
-    assert (site / "nca_cli" / "engine" / "native" / "mlp.cpp").is_file()
+    for source in SOURCES:  # the native operators compile from the installed package
+        assert (site / "nca_cli" / "engine" / "native" / source.name).is_file()
     for generic in ("tasks", "conf", "sweeps", "tests"):
         assert not (site / generic).exists(), generic
     env = {**os.environ, "NCA_OUTPUT_DIR": "outputs"}

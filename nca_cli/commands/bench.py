@@ -149,7 +149,7 @@ def run_case(name: str, case: BenchCase, opts: dict[str, Any]) -> dict[str, Any]
     import torch
     import torch.nn.functional as F
 
-    from nca_cli.engine.fused import StepPlan
+    from nca_cli.engine.native import ops
 
     configure_cpu(opts["threads"])
     device = torch.device(opts["device"])
@@ -208,14 +208,14 @@ def run_case(name: str, case: BenchCase, opts: dict[str, Any]) -> dict[str, Any]
 
     infer()
     infer_s = statistics.median(infer() for _ in range(max(opts["iters"], 3)))
-    native = nca.fast and StepPlan(nca, recompute=True).native is not None
+    native = nca.fast and device.type == "cpu" and ops() is not None
     s_per_iter = statistics.median(times)
     cells = case.batch * h * w * case.steps
     train_flops, infer_flops = count_flops(nca)
     return {
         "case": name,
         "engine": opts["engine"],
-        "native_mlp": native,
+        "native": native,
         "params": params,
         "s_per_iter": s_per_iter,
         "s_per_iter_min": min(times),
@@ -435,7 +435,7 @@ def main(argv: list[str]) -> None:
     header = (
         f"nca bench: {args.device}, {args.threads} threads, torch {torch.__version__}, "
         f"matmul {rate:.0f} GFLOP/s, engine {args.engine}"
-        f"{' (native MLP)' if any(row['native_mlp'] for row in rows) else ''}, "
+        f"{' (native operators)' if any(row['native'] for row in rows) else ''}, "
         f"median of {args.iters} "
         f"iterations after {args.warmup} warm-up"
     )

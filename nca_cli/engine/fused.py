@@ -21,6 +21,8 @@ float64, equal up to rounding) and differ in how:
   are prepared once, and the parameter gradients accumulate in place over the steps. On
   the CPU it runs batch shards on parallel threads (:mod:`nca_cli.engine.shards`), each
   with its own gradient accumulators, summed in shard order (deterministic).
+- on the CPU, native operators (:mod:`nca_cli.engine.native`) run the MLP's block loops
+  and the alive mask's selection, each in one call instead of a dozen from Python.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from nca_cli.engine.native import mlp_ops
+from nca_cli.engine.native import ops
 from nca_cli.engine.perception import SobelPerception, max3x3, pad, perception_flops
 from nca_cli.engine.shards import batch_shards, run_shards
 
@@ -110,10 +112,12 @@ class StepPlan:
         self.weights = [first, *(layer.weight.detach() for layer in self.layers[1:])]
         self.biases = [layer.bias.detach() for layer in self.layers]
         self.block = block_rows(nca)
-        on_cpu = self.weights[0].device.type == "cpu"
-        self.native = mlp_ops() if self.relu and on_cpu else None
         self.fixed = nca.layout.fixed
         self.alive = nca.alive_channel is not None
+        native = ops() if self.weights[0].device.type == "cpu" else None
+        self.native_mlp = native if self.relu else None
+        self.native_alive = native if self.alive else None
+        self.alive_args = (nca.alive_channel, nca.alive_threshold, nca.alive_pool, nca.padding)
         if self.perm is not None:
             kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
             c = nca.layout.channels
@@ -138,8 +142,8 @@ class StepPlan:
 
     def _mlp_forward(self, f_rows: Tensor, out: Tensor) -> None:
         """The update MLP on feature rows, in blocks of rows, into ``out``."""
-        if self.native is not None:
-            self.native.mlp_forward(f_rows, self.weights, self.biases, out, self.block)
+        if self.native_mlp is not None:
+            self.native_mlp.mlp_forward(f_rows, self.weights, self.biases, out, self.block)
             return
         for s in range(0, f_rows.shape[0], self.block):
             h = self._hidden(f_rows[s : s + self.block])[-1]
@@ -153,9 +157,9 @@ class StepPlan:
         feature-row gradients into ``grad_in`` when given; activations are recomputed block
         by block from the feature rows."""
         n = len(self.layers)
-        if self.native is not None:
+        if self.native_mlp is not None:
             mlp = grads[: 2 * n]
-            self.native.mlp_backward(
+            self.native_mlp.mlp_backward(
                 f_rows,
                 grad_out,
                 self.weights,
@@ -224,6 +228,29 @@ class StepPlan:
 
     # One step ----------------------------------------------------------------------------
 
+    def _select(self, x: Tensor, fire: Tensor | None) -> tuple[Tensor | None, ...]:
+        """The alive map of ``x`` (None without an alive mask), the rows the MLP runs on
+        (cells that fire and have a living cell within reach) and every cell's 1-based
+        position among them (0 when not selected); both None when every cell is selected."""
+        nca = self.nca
+        b, _, h, w = x.shape
+        pre = idx = inv = None
+        if self.native_alive is not None:
+            pre, idx, inv = self.native_alive.alive_select(x, *self.alive_args, fire)
+        else:
+            pre = nca.alive(x) if self.alive else None
+            select = fire
+            if pre is not None:
+                near = _dilate(nca, pre)
+                select = near if select is None else select & near
+            if select is not None:
+                flags = select.reshape(-1)
+                idx = flags.nonzero().squeeze(1)
+                inv = flags.cumsum(0, dtype=torch.int32).mul_(flags)
+        if idx is not None and idx.numel() == b * h * w:
+            idx = inv = None
+        return pre, idx, inv
+
     def forward(
         self,
         x: Tensor,
@@ -236,19 +263,7 @@ class StepPlan:
         when autograd owns the perception."""
         nca, fixed = self.nca, self.fixed
         b, c, h, w = x.shape
-        pre = nca.alive(x) if self.alive else None
-        select = fire
-        if pre is not None:
-            near = _dilate(nca, pre)
-            select = near if select is None else select & near
-        idx = inv = None
-        if select is not None:
-            flags = select.reshape(-1)
-            idx = flags.nonzero().squeeze(1)
-            if idx.numel() == b * h * w:
-                idx = None
-            else:
-                inv = flags.cumsum(0, dtype=torch.int32).mul_(flags)
+        pre, idx, inv = self._select(x, fire)
         if self.perm is not None:
             f_rows = self._sobel_rows(x, idx)
         else:
@@ -269,7 +284,10 @@ class StepPlan:
         y = out.permute(0, 3, 1, 2)
         dead = None
         if pre is not None:  # zero the dead rows only: usually few, and a full pass is slow
-            dead = (~(pre & nca.alive(y))).reshape(-1).nonzero().squeeze(1)
+            if self.native_alive is not None:
+                dead = self.native_alive.dead_rows(pre, y, *self.alive_args)
+            else:
+                dead = (~(pre & nca.alive(y))).reshape(-1).nonzero().squeeze(1)
             upd.index_fill_(0, dead, 0.0)
         keep_rows = features is not None or self.perm is not None
         return y, (f_rows if keep_rows else x, idx, inv, dead)
