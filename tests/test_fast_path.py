@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nca_cli.config import ModelConfig
 from nca_cli.engine import native
-from nca_cli.engine.fused import StepPlan, _dilate, block_rows
+from nca_cli.engine.fused import SavedArena, StepPlan, _dilate, block_rows
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
 from nca_cli.engine.perception import build_perception, max3x3, pad
@@ -277,24 +277,52 @@ def test_gradient_checkpointing_changes_no_gradient() -> None:
 def test_fused_step_stores_the_selected_feature_rows_only() -> None:
     """The backward pass keeps the selected feature rows (three features per channel, about
     half the cells firing: 1.5 states), the selected rows and the dead cells: no hidden
-    activations."""
+    activations; all in one arena chunk per batch shard."""
     nca = make_nca(PERCEPTIONS["sobel"], hidden=[128]).float()
     x = state(batch=4, height=32, width=32, dead=0.0).float().requires_grad_()
-    storages: dict[int, int] = {}
+    kept: list[int] = []
+    storages: set[int] = set()
 
     def pack(t: Tensor) -> Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        kept.append(t.numel() * t.element_size())
+        if t.numel():
+            storages.add(t.untyped_storage().data_ptr())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _final, _ = nca.rollout(x, 8, torch.Generator().manual_seed(0))
     state_bytes = x.numel() * x.element_size()
-    assert sum(storages.values()) < 8 * 1.8 * state_bytes
+    assert sum(kept) < 8 * 1.8 * state_bytes
+    assert len(kept) == 8 * 4 * len(batch_shards(x))  # rows, selection, positions, dead
+    assert len(storages) == len(batch_shards(x))
     nca.fast = False  # the reference keeps the features and hidden activations: 10x more
-    storages.clear()
+    kept.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _final, _ = nca.rollout(x, 8, torch.Generator().manual_seed(0))
-    assert sum(storages.values()) > 8 * 5 * state_bytes
+    assert sum(kept) > 8 * 5 * state_bytes
+
+
+def test_saved_arena_hands_out_aligned_pieces_of_large_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(SavedArena, "CHUNK", 256)
+    arena = SavedArena(torch.device("cpu"))
+    a, b = torch.arange(7), torch.arange(5, dtype=torch.int32)
+    originals = [b, a, b[:0], a.view(7, 1)[1:], torch.arange(40)]
+    assert arena.keep(None) is None
+    pieces = [arena.keep(t) for t in originals]
+    for original, copy in zip(originals, pieces, strict=True):
+        assert copy is not None
+        assert copy.dtype == original.dtype and copy.shape == original.shape
+        assert torch.equal(copy, original) and copy.data_ptr() % SavedArena.ALIGN == 0
+    chunks = [t.untyped_storage().data_ptr() for t in pieces if t is not None]
+    assert len(set(chunks[:4])) == 1  # 64 + 64 + 0 + 48 bytes share one 256-byte chunk
+    assert pieces[4] is not None and pieces[4].untyped_storage().nbytes() == 320  # own chunk
+    assert chunks[4] != chunks[0]
+    a.zero_()
+    assert pieces[1] is not None and torch.equal(pieces[1], torch.arange(7))  # a copy
+    state = arena.empty((2, 3), torch.float64)
+    assert state.is_contiguous() and state.untyped_storage().data_ptr() != chunks[4]
 
 
 def test_bf16_autocast_falls_back_to_the_reference_step() -> None:
