@@ -24,6 +24,7 @@ from nca_cli.engine.shards import batch_shards, run_shards
 CONV3 = {"kind": "conv", "kernel_size": 3}
 PERCEPTIONS: dict[str, dict[str, Any]] = {
     "sobel": {"kind": "sobel"},
+    "sobel-laplacian": {"kind": "sobel", "laplacian": True},
     "conv": CONV3,
     "dilated": {
         "kind": "multi",
@@ -179,11 +180,13 @@ def test_blocks_of_rows_match_reference(fire_rate: float, operators: str) -> Non
 
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
-def test_native_mlp_runs_the_python_loops_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where a compiler is, the relu MLP runs natively, with the Python loops' arithmetic
-    (bit for bit) in several blocks, also with frozen parameters (no gradient buffers)."""
+def test_native_operators_match_tensor_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a compiler is, the step runs natively (the MLP in several blocks, the Sobel
+    perception at the selected rows), with the values and gradients of the tensor
+    operations, also with frozen parameters (no gradient buffers)."""
     nca = make_nca(PERCEPTIONS["sobel"], hidden=[512, 64])
-    assert StepPlan(nca, recompute=True).native_mlp is not None
+    plan = StepPlan(nca, recompute=True)
+    assert plan.native_mlp is not None and plan.native_sobel is not None
     nca.update.layers[0].bias.requires_grad_(False)
     nca.update.layers[2].weight.requires_grad_(False)
     x0 = state(batch=2, height=36, width=36, dead=0.1)
@@ -192,7 +195,7 @@ def test_native_mlp_runs_the_python_loops_arithmetic(monkeypatch: pytest.MonkeyP
     for setting in ("1", "0"):
         monkeypatch.setenv("NCA_NATIVE", setting)
         results.append(run(nca, x0, 3, fast=True) + run(nca, x0, 2, True, grad_x=False))
-    assert_same(results[0], results[1], rtol=0, atol=0)
+    assert_same(results[0], results[1], rtol=1e-12, atol=1e-12)
     frozen_bias, frozen_weight = results[0][-5], results[0][-2]  # of [W0, b0, W1, b1, W2, b2]
     assert not frozen_bias.any() and not frozen_weight.any() and results[0][-1].any()
 

@@ -21,8 +21,9 @@ float64, equal up to rounding) and differ in how:
   are prepared once, and the parameter gradients accumulate in place over the steps. On
   the CPU it runs batch shards on parallel threads (:mod:`nca_cli.engine.shards`), each
   with its own gradient accumulators, summed in shard order (deterministic).
-- on the CPU, native operators (:mod:`nca_cli.engine.native`) run the MLP's block loops
-  and the alive mask's selection, each in one call instead of a dozen from Python.
+- on the CPU, native operators (:mod:`nca_cli.engine.native`) run the MLP's block loops,
+  the alive mask's selection and the Sobel perception at the selected cells, each in one
+  call instead of a dozen tensor operations from Python.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class StepPlan:
         native = ops() if self.weights[0].device.type == "cpu" else None
         self.native_mlp = native if self.relu else None
         self.native_alive = native if self.alive else None
+        self.native_sobel = native if self.perm is not None else None
         self.alive_args = (nca.alive_channel, nca.alive_threshold, nca.alive_pool, nca.padding)
         if self.perm is not None:
             kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
@@ -128,6 +130,8 @@ class StepPlan:
             # for all filters but the identity at once: one gather and one wide depthwise
             # convolution take 0.64x the time of a gather and a convolution per filter.
             self.adjoint = torch.cat([k.flip(-2, -1) for k in self.filters[1:]])
+            # For the native operators: (filter, 3x3 tap, channel), channels innermost.
+            self.taps = torch.stack([k.reshape(c, 9).t() for k in self.filters[1:]]).contiguous()
         self.p_params = list(nca.perception.parameters()) if recompute else []
 
     # The update MLP ----------------------------------------------------------------------
@@ -201,11 +205,15 @@ class StepPlan:
     def _sobel_rows(self, x: Tensor, idx: Tensor | None, arena: SavedArena | None) -> Tensor:
         """Sobel features of ``x`` at rows ``idx`` (all when None), filter-major: the state
         itself (the identity filter) and one depthwise convolution per other filter, each
-        gathered straight into its columns; in ``arena`` when given."""
+        gathered straight into its columns (natively: computed at those rows only); in
+        ``arena`` when given."""
         b, c, h, w = x.shape
         x_rows = rows(x)
         shape = (b * h * w if idx is None else idx.numel(), len(self.filters) * c)
         out = x.new_empty(shape) if arena is None else arena.empty(shape, x.dtype)
+        if self.native_sobel is not None:
+            self.native_sobel.sobel_rows(x, self.taps, idx, out)
+            return out
         for f, kernel in enumerate(self.filters):
             part = x_rows if f == 0 else rows(F.conv2d(x, kernel, None, 1, 1, 1, c))
             if idx is None:
@@ -215,12 +223,18 @@ class StepPlan:
         return out
 
     def _sobel_adjoint(
-        self, grad_rows: Tensor, inv: Tensor | None, shape: tuple[int, ...], out: Tensor
+        self, grad_rows: Tensor, idx: Tensor | None, inv: Tensor | None, grad_x: Tensor
     ) -> None:
         """Add the Sobel perception's adjoint of the filter-major feature gradient
-        ``grad_rows`` (zero first row when rows were selected) to the state-gradient rows
-        ``out``: one depthwise convolution with the turned filters."""
-        b, c, h, w = shape
+        ``grad_rows`` of rows ``idx`` to the state gradient ``grad_x`` (``(B, H, W, C)``):
+        natively, from those rows only; else scattered to the grid (``grad_rows`` has a
+        zero first row when rows were selected, ``inv`` the cells' rows) and one depthwise
+        convolution with the turned filters."""
+        if self.native_sobel is not None:
+            self.native_sobel.sobel_adjoint(grad_rows, self.taps, idx, grad_x.permute(0, 3, 1, 2))
+            return
+        b, h, w, c = grad_x.shape
+        out = grad_x.view(-1, c)
         out += _scatter(grad_rows[:, :c], inv)  # the identity
         k = self.adjoint.shape[0]
         grad_f = _scatter(grad_rows[:, c:], inv).view(b, h, w, k).permute(0, 3, 1, 2)
@@ -349,13 +363,14 @@ class StepPlan:
         padded = grad_f_rows = None
         if need_f:
             n, width = f_rows.shape
-            padded, grad_f_rows = _padded_rows(n, width, f_rows, inv is not None)
+            scatter = inv is not None and self.native_sobel is None
+            padded, grad_f_rows = _padded_rows(n, width, f_rows, scatter)
         self._mlp_backward(f_rows, grad_dx, grads, grad_f_rows)
         grad_state = grad_x.permute(0, 3, 1, 2) if need_x else None
         if padded is None:
             return grad_state, None
         if self.perm is not None:  # the Sobel adjoint
-            self._sobel_adjoint(padded, inv, (b, c, h, w), flat)
+            self._sobel_adjoint(padded, idx, inv, grad_x)
             return grad_state, None
         grad_f = _scatter(padded, inv).view(b, h, w, -1).permute(0, 3, 1, 2)
         if not self.recompute:
