@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from nca_cli.config import ModelConfig
 from nca_cli.engine import native
-from nca_cli.engine.fused import SavedArena, StepPlan, _dilate, block_rows
+from nca_cli.engine.fused import SavedArena, StepPlan, _chunk_pool, _dilate, block_rows
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
 from nca_cli.engine.perception import build_perception, max3x3, pad
@@ -326,6 +327,34 @@ def test_saved_arena_hands_out_aligned_pieces_of_large_chunks(
     assert pieces[1] is not None and torch.equal(pieces[1], torch.arange(7))  # a copy
     state = arena.empty((2, 3), torch.float64)
     assert state.is_contiguous() and state.untyped_storage().data_ptr() != chunks[4]
+
+
+def test_saved_chunks_are_reused_only_once_no_graph_needs_them(
+    threads: Callable[[int], None],
+) -> None:
+    """A graph kept for a second backward pass keeps its chunks while other rollouts run;
+    once it is freed, the next rollouts reuse the pool's chunks instead of new ones."""
+    threads(2)
+    nca = make_nca(PERCEPTIONS["sobel"]).float()
+    x = state(batch=4, height=12, width=12, dead=0.0).float()
+    params = list(nca.parameters())
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+
+    def loss(scale: float) -> Tensor:
+        final, _ = nca.rollout(x * scale, 4, torch.Generator().manual_seed(4))
+        return (final * weights).sum()
+
+    kept = loss(1.0)
+    first = torch.autograd.grad(kept, params, retain_graph=True)
+    for scale in (0.5, 2.0):  # other graphs, built and freed while `kept` lives
+        torch.autograd.grad(loss(scale), params)
+    assert_same(torch.autograd.grad(kept, params), first, rtol=0, atol=0)
+    del kept
+    pool = _chunk_pool(os.getpid())
+    chunks = len(pool.chunks)
+    for scale in (0.5, 2.0, 1.0):
+        torch.autograd.grad(loss(scale), params)
+    assert len(pool.chunks) == chunks
 
 
 def test_bf16_autocast_falls_back_to_the_reference_step() -> None:
