@@ -201,6 +201,15 @@ def test_native_operators_match_tensor_operations(monkeypatch: pytest.MonkeyPatc
     assert not frozen_bias.any() and not frozen_weight.any() and results[0][-1].any()
 
 
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_native_operators_serve_float32_and_float64_only() -> None:
+    nca = make_nca(PERCEPTIONS["sobel"])
+    for dtype, served in ((torch.float64, True), (torch.float32, True), (torch.bfloat16, False)):
+        plan = StepPlan(nca.to(dtype), recompute=True)
+        assert (plan.native_mlp is not None) == served
+        assert (plan.native_sobel is not None) == (plan.native_alive is not None) == served
+
+
 def test_without_a_compiler_the_step_runs_the_python_loops(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

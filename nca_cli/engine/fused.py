@@ -119,7 +119,8 @@ class StepPlan:
         self.block = block_rows(nca)
         self.fixed = nca.layout.fixed
         self.alive = nca.alive_channel is not None
-        native = ops() if self.weights[0].device.type == "cpu" else None
+        cpu = first.device.type == "cpu" and first.dtype in (torch.float32, torch.float64)
+        native = ops() if cpu else None  # native operators: float32 and float64 on the CPU
         self.native_mlp = native if self.relu else None
         self.native_alive = native if self.alive else None
         self.native_sobel = native if self.perm is not None else None
