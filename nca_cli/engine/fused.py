@@ -315,8 +315,9 @@ class StepPlan:
             else:
                 dead = (~(pre & nca.alive(y))).reshape(-1).nonzero().squeeze(1)
             upd.index_fill_(0, dead, 0.0)
-        if arena is not None:
-            idx, inv, dead = arena.keep(idx), arena.keep(inv), arena.keep(dead)
+        if arena is not None:  # the native Sobel adjoint needs no positions
+            inv = None if self.native_sobel is not None else arena.keep(inv)
+            idx, dead = arena.keep(idx), arena.keep(dead)
         return y, (f_rows if keep_rows else x, idx, inv, dead)
 
     def backward(
