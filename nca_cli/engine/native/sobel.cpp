@@ -46,108 +46,88 @@ Grid check(const Tensor& state, const Tensor& rows, const Tensor& taps,
   return {state.size(0), state.size(2), state.size(3), c, f, rows.size(0)};
 }
 
-// The channel loops below, with the channel count known at compile time where it is a
-// common one (fully unrolled and vectorised), else at run time.
+// The kernels take their channel count C as a template argument where it is a common one
+// (the channel loops are then unrolled and vectorised), else 0: read it from the grid.
+
+// dst[r] = [state at cell idx[r], then per filter f >= 1 the 3x3 correlation there].
 template <typename T, int64_t C>
-struct Channels {
-  static constexpr int64_t count(int64_t) { return C; }
-};
-template <typename T>
-struct Channels<T, 0> {
-  static int64_t count(int64_t c) { return c; }
+struct Rows {
+  static void run(const Grid& g, const T* __restrict__ state, const T* __restrict__ k,
+                  const int64_t* cell_of, T* __restrict__ dst) {
+    const int64_t c = C ? C : g.channels, line = g.width * c;
+    for (int64_t r = 0; r < g.rows; ++r, dst += g.filters * c) {
+      const int64_t cell = cell_of ? cell_of[r] : r;
+      const int64_t i = (cell / g.width) % g.height, j = cell % g.width;
+      const T* centre = state + cell * c;
+      for (int64_t ch = 0; ch < c; ++ch) dst[ch] = centre[ch];
+      for (int64_t f = 1; f < g.filters; ++f) {
+        T* __restrict__ acc = dst + f * c;
+        for (int64_t ch = 0; ch < c; ++ch) acc[ch] = 0;
+        for (int64_t t = 0; t < 9; ++t) {
+          const int64_t di = t / 3 - 1, dj = t % 3 - 1;
+          if (i + di < 0 || i + di >= g.height || j + dj < 0 || j + dj >= g.width) continue;
+          const T* nb = centre + di * line + dj * c;
+          const T* w = k + ((f - 1) * 9 + t) * c;
+          for (int64_t ch = 0; ch < c; ++ch) acc[ch] += w[ch] * nb[ch];
+        }
+      }
+    }
+  }
 };
 
-// out[r] = [x at cell idx[r], then per filter f >= 1 the 3x3 correlation of x there].
+// state += the adjoint of Rows applied to src: each selected cell adds its identity
+// gradient to itself and its filter gradients, times the taps, to its neighbours.
 template <typename T, int64_t C>
-void rows_kernel(const Grid& g, const T* __restrict__ state, const T* __restrict__ k,
-                 const int64_t* cell_of, T* __restrict__ dst) {
-  const int64_t c = Channels<T, C>::count(g.channels), line = g.width * c;
-  for (int64_t r = 0; r < g.rows; ++r, dst += g.filters * c) {
-    const int64_t cell = cell_of ? cell_of[r] : r;
-    const int64_t i = (cell / g.width) % g.height, j = cell % g.width;
-    const T* centre = state + cell * c;
-    for (int64_t ch = 0; ch < c; ++ch) dst[ch] = centre[ch];
-    for (int64_t f = 1; f < g.filters; ++f) {
-      T* __restrict__ acc = dst + f * c;
-      for (int64_t ch = 0; ch < c; ++ch) acc[ch] = 0;
+struct Adjoint {
+  static void run(const Grid& g, const T* __restrict__ src, const T* __restrict__ k,
+                  const int64_t* cell_of, T* __restrict__ state) {
+    const int64_t c = C ? C : g.channels, line = g.width * c;
+    for (int64_t r = 0; r < g.rows; ++r, src += g.filters * c) {
+      const int64_t cell = cell_of ? cell_of[r] : r;
+      const int64_t i = (cell / g.width) % g.height, j = cell % g.width;
+      T* centre = state + cell * c;
+      for (int64_t ch = 0; ch < c; ++ch) centre[ch] += src[ch];
       for (int64_t t = 0; t < 9; ++t) {
         const int64_t di = t / 3 - 1, dj = t % 3 - 1;
         if (i + di < 0 || i + di >= g.height || j + dj < 0 || j + dj >= g.width) continue;
-        const T* nb = centre + di * line + dj * c;
-        const T* w = k + ((f - 1) * 9 + t) * c;
-        for (int64_t ch = 0; ch < c; ++ch) acc[ch] += w[ch] * nb[ch];
+        T* __restrict__ nb = centre + di * line + dj * c;
+        for (int64_t f = 1; f < g.filters; ++f) {
+          const T* w = k + ((f - 1) * 9 + t) * c;
+          const T* gf = src + f * c;
+          for (int64_t ch = 0; ch < c; ++ch) nb[ch] += w[ch] * gf[ch];
+        }
       }
     }
   }
-}
+};
 
-// grad_x += the adjoint of rows_kernel applied to src: each selected cell adds its identity
-// gradient to itself and its filter gradients, times the taps, to its neighbours.
-template <typename T, int64_t C>
-void adjoint_kernel(const Grid& g, const T* __restrict__ src, const T* __restrict__ k,
-                    const int64_t* cell_of, T* __restrict__ state) {
-  const int64_t c = Channels<T, C>::count(g.channels), line = g.width * c;
-  for (int64_t r = 0; r < g.rows; ++r, src += g.filters * c) {
-    const int64_t cell = cell_of ? cell_of[r] : r;
-    const int64_t i = (cell / g.width) % g.height, j = cell % g.width;
-    T* centre = state + cell * c;
-    for (int64_t ch = 0; ch < c; ++ch) centre[ch] += src[ch];
-    for (int64_t t = 0; t < 9; ++t) {
-      const int64_t di = t / 3 - 1, dj = t % 3 - 1;
-      if (i + di < 0 || i + di >= g.height || j + dj < 0 || j + dj >= g.width) continue;
-      T* __restrict__ nb = centre + di * line + dj * c;
-      for (int64_t f = 1; f < g.filters; ++f) {
-        const T* w = k + ((f - 1) * 9 + t) * c;
-        const T* gf = src + f * c;
-        for (int64_t ch = 0; ch < c; ++ch) nb[ch] += w[ch] * gf[ch];
-      }
+// Kernel on src into dst, for their dtype and channel count.
+template <template <typename, int64_t> class Kernel>
+void launch(const Grid& g, const Tensor& src, const Tensor& taps, const std::optional<Tensor>& idx,
+            const Tensor& dst) {
+  const int64_t* cell_of = idx ? idx->const_data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "sobel", [&] {
+    const scalar_t* s = src.const_data_ptr<scalar_t>();
+    const scalar_t* k = taps.const_data_ptr<scalar_t>();
+    scalar_t* d = dst.mutable_data_ptr<scalar_t>();
+    switch (g.channels) {
+      case 8: return Kernel<scalar_t, 8>::run(g, s, k, cell_of, d);
+      case 16: return Kernel<scalar_t, 16>::run(g, s, k, cell_of, d);
+      case 32: return Kernel<scalar_t, 32>::run(g, s, k, cell_of, d);
+      default: return Kernel<scalar_t, 0>::run(g, s, k, cell_of, d);
     }
-  }
+  });
 }
-
-template <typename T, template <typename, int64_t> class Kernel, typename... Args>
-void by_channels(int64_t c, Args... args) {
-  switch (c) {
-    case 8: return Kernel<T, 8>::run(args...);
-    case 16: return Kernel<T, 16>::run(args...);
-    case 32: return Kernel<T, 32>::run(args...);
-    default: return Kernel<T, 0>::run(args...);
-  }
-}
-
-template <typename T, int64_t C>
-struct Rows {
-  static void run(const Grid& g, const T* s, const T* k, const int64_t* i, T* d) {
-    rows_kernel<T, C>(g, s, k, i, d);
-  }
-};
-template <typename T, int64_t C>
-struct Adjoint {
-  static void run(const Grid& g, const T* s, const T* k, const int64_t* i, T* d) {
-    adjoint_kernel<T, C>(g, s, k, i, d);
-  }
-};
 
 void sobel_rows(const Tensor& x, const Tensor& taps, const std::optional<Tensor>& idx,
                 const Tensor& out) {
-  const Grid g = check(x, out, taps, idx, "sobel_rows");
-  const int64_t* cell_of = idx ? idx->const_data_ptr<int64_t>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sobel_rows", [&] {
-    by_channels<scalar_t, Rows>(g.channels, g, x.const_data_ptr<scalar_t>(),
-                                taps.const_data_ptr<scalar_t>(), cell_of,
-                                out.mutable_data_ptr<scalar_t>());
-  });
+  launch<Rows>(check(x, out, taps, idx, "sobel_rows"), x, taps, idx, out);
 }
 
 void sobel_adjoint(const Tensor& grad_rows, const Tensor& taps, const std::optional<Tensor>& idx,
                    const Tensor& grad_x) {
-  const Grid g = check(grad_x, grad_rows, taps, idx, "sobel_adjoint");
-  const int64_t* cell_of = idx ? idx->const_data_ptr<int64_t>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(grad_x.scalar_type(), "sobel_adjoint", [&] {
-    by_channels<scalar_t, Adjoint>(g.channels, g, grad_rows.const_data_ptr<scalar_t>(),
-                                   taps.const_data_ptr<scalar_t>(), cell_of,
-                                   grad_x.mutable_data_ptr<scalar_t>());
-  });
+  launch<Adjoint>(check(grad_x, grad_rows, taps, idx, "sobel_adjoint"), grad_rows, taps, idx,
+                  grad_x);
 }
 
 }  // namespace
