@@ -210,7 +210,7 @@ def test_native_operators_serve_float32_and_float64_only() -> None:
         assert (plan.native_sobel is not None) == (plan.native_alive is not None) == served
 
 
-def test_without_a_compiler_the_step_runs_the_python_loops(
+def test_without_a_compiler_the_step_runs_tensor_operations(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from torch.utils import cpp_extension
