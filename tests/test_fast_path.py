@@ -210,6 +210,37 @@ def test_native_operators_serve_float32_and_float64_only() -> None:
         assert (plan.native_sobel is not None) == (plan.native_alive is not None) == served
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [5, 6, 12, 16, 20, 24, 32, 48])
+def test_native_sobel_matches_convolutions_for_any_channel_count(
+    channels: int, dtype: torch.dtype
+) -> None:
+    """The native Sobel rows are depthwise correlations (zero padding) at the selected cells,
+    and their adjoint is autograd's gradient, for channel counts that take every vector
+    width of the kernels (1 to 16 values, fixed or read at run time)."""
+    ops = native.ops()
+    if ops is None:
+        pytest.skip("no C++ compiler: the native operators cannot be built")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 7, 9, generator=g, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    taps = torch.randn(2, 9, channels, generator=g, dtype=dtype)
+    idx = torch.randperm(x[:, 0].numel(), generator=g)[:50].sort().values
+    kernels = [t.t().reshape(channels, 1, 3, 3) for t in taps]
+    features = torch.cat([x, *(F.conv2d(x, k, padding=1, groups=channels) for k in kernels)], 1)
+    expected = features.permute(0, 2, 3, 1).reshape(-1, 3 * channels)[idx]
+    out = torch.empty_like(expected)
+    ops.sobel_rows(x.detach(), taps, idx, out)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, expected.detach(), **tol)
+
+    grad_rows = torch.randn(expected.shape, generator=g, dtype=dtype)
+    (expected * grad_rows).sum().backward()
+    grad_x = torch.zeros_like(x).contiguous(memory_format=torch.channels_last)
+    ops.sobel_adjoint(grad_rows, taps, idx, grad_x)
+    torch.testing.assert_close(grad_x, x.grad, **tol)
+
+
 def test_without_a_compiler_the_step_runs_tensor_operations(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

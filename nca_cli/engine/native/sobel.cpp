@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
 #include <optional>
 
 using at::Tensor;
@@ -46,29 +48,90 @@ Grid check(const Tensor& state, const Tensor& rows, const Tensor& taps,
   return {state.size(0), state.size(2), state.size(3), c, f, rows.size(0)};
 }
 
-// The kernels take their channel count C as a template argument where it is a common one
-// (the channel loops are then unrolled and vectorised), else 0: read it from the grid.
+// Where cell sits: its row i and column j in its plane, and whether all 8 neighbours exist.
+struct Cell {
+  int64_t i, j;
+  bool inner;
+  Cell(const Grid& g, int64_t cell) {
+    const int64_t line = cell / g.width;
+    j = cell - line * g.width;
+    i = line % g.height;
+    inner = i > 0 && i + 1 < g.height && j > 0 && j + 1 < g.width;
+  }
+  bool has(const Grid& g, int t) const {
+    const int64_t di = t / 3 - 1, dj = t % 3 - 1;
+    return i + di >= 0 && i + di < g.height && j + dj >= 0 && j + dj < g.width;
+  }
+};
+
+// fn(t) for the 3x3 taps t (row-major) of the cell's neighbours that exist. Cells off the
+// border (most of them) take a loop without bounds checks, unrolled: constant offsets.
+template <typename Fn>
+inline void for_taps(const Grid& g, const Cell& at, Fn&& fn) {
+  if (at.inner) {
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) fn(t);
+    return;
+  }
+  for (int t = 0; t < 9; ++t) {
+    if (at.has(g, t)) fn(t);
+  }
+}
+
+// L channels as one value: a GCC vector (the compiler emits the build's widest instructions
+// for its arithmetic), or the scalar itself. Written as plain loops over the channels, the
+// kernels' speed was at the mercy of the vectoriser: 2.5-3.5x the time, depending on what
+// else the file held.
+template <typename T, int L>
+struct Lanes {
+  typedef T V __attribute__((vector_size(sizeof(T) * L)));
+};
+template <typename T>
+struct Lanes<T, 1> {
+  using V = T;
+};
+
+template <typename T, int L>
+inline typename Lanes<T, L>::V load(const T* p) {
+  typename Lanes<T, L>::V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T, typename V>
+inline void store(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// The offset of tap t's neighbour from the cell, in values.
+inline int64_t offset(const Grid& g, int t) {
+  return ((t / 3 - 1) * g.width + (t % 3 - 1)) * g.channels;
+}
+
+// The kernels take the channel count C as a template argument where it is a common one
+// (their channel loops then have constant trip counts), else 0: read from the grid. They
+// process the channels in vectors of L values (L divides C).
 
 // dst[r] = [state at cell idx[r], then per filter f >= 1 the 3x3 correlation there].
-template <typename T, int64_t C>
+template <typename T, int L, int C>
 struct Rows {
   static void run(const Grid& g, const T* __restrict__ state, const T* __restrict__ k,
                   const int64_t* cell_of, T* __restrict__ dst) {
-    const int64_t c = C ? C : g.channels, line = g.width * c;
+    using V = typename Lanes<T, L>::V;
+    const int64_t c = C ? C : g.channels;
     for (int64_t r = 0; r < g.rows; ++r, dst += g.filters * c) {
       const int64_t cell = cell_of ? cell_of[r] : r;
-      const int64_t i = (cell / g.width) % g.height, j = cell % g.width;
+      const Cell at(g, cell);
       const T* centre = state + cell * c;
-      for (int64_t ch = 0; ch < c; ++ch) dst[ch] = centre[ch];
+      for (int64_t q = 0; q < c; q += L) store(dst + q, load<T, L>(centre + q));
       for (int64_t f = 1; f < g.filters; ++f) {
-        T* __restrict__ acc = dst + f * c;
-        for (int64_t ch = 0; ch < c; ++ch) acc[ch] = 0;
-        for (int64_t t = 0; t < 9; ++t) {
-          const int64_t di = t / 3 - 1, dj = t % 3 - 1;
-          if (i + di < 0 || i + di >= g.height || j + dj < 0 || j + dj >= g.width) continue;
-          const T* nb = centre + di * line + dj * c;
-          const T* w = k + ((f - 1) * 9 + t) * c;
-          for (int64_t ch = 0; ch < c; ++ch) acc[ch] += w[ch] * nb[ch];
+        const T* w = k + (f - 1) * 9 * c;
+        for (int64_t q = 0; q < c; q += L) {
+          V acc{};
+          for_taps(g, at, [&](int t) {
+            acc += load<T, L>(w + t * c + q) * load<T, L>(centre + offset(g, t) + q);
+          });
+          store(dst + f * c + q, acc);
         }
       }
     }
@@ -77,32 +140,36 @@ struct Rows {
 
 // state += the adjoint of Rows applied to src: each selected cell adds its identity
 // gradient to itself and its filter gradients, times the taps, to its neighbours.
-template <typename T, int64_t C>
+template <typename T, int L, int C>
 struct Adjoint {
   static void run(const Grid& g, const T* __restrict__ src, const T* __restrict__ k,
                   const int64_t* cell_of, T* __restrict__ state) {
-    const int64_t c = C ? C : g.channels, line = g.width * c;
+    using V = typename Lanes<T, L>::V;
+    const int64_t c = C ? C : g.channels;
     for (int64_t r = 0; r < g.rows; ++r, src += g.filters * c) {
       const int64_t cell = cell_of ? cell_of[r] : r;
-      const int64_t i = (cell / g.width) % g.height, j = cell % g.width;
+      const Cell at(g, cell);
       T* centre = state + cell * c;
-      for (int64_t ch = 0; ch < c; ++ch) centre[ch] += src[ch];
-      for (int64_t t = 0; t < 9; ++t) {
-        const int64_t di = t / 3 - 1, dj = t % 3 - 1;
-        if (i + di < 0 || i + di >= g.height || j + dj < 0 || j + dj >= g.width) continue;
-        T* __restrict__ nb = centre + di * line + dj * c;
-        for (int64_t f = 1; f < g.filters; ++f) {
-          const T* w = k + ((f - 1) * 9 + t) * c;
-          const T* gf = src + f * c;
-          for (int64_t ch = 0; ch < c; ++ch) nb[ch] += w[ch] * gf[ch];
-        }
+      for (int64_t q = 0; q < c; q += L) {
+        store(centre + q, load<T, L>(centre + q) + load<T, L>(src + q));
       }
+      for_taps(g, at, [&](int t) {
+        T* nb = centre + offset(g, t);
+        for (int64_t q = 0; q < c; q += L) {
+          V sum = load<T, L>(nb + q);
+          for (int64_t f = 1; f < g.filters; ++f) {
+            sum += load<T, L>(k + ((f - 1) * 9 + t) * c + q) * load<T, L>(src + f * c + q);
+          }
+          store(nb + q, sum);
+        }
+      });
     }
   }
 };
 
-// Kernel on src into dst, for their dtype and channel count.
-template <template <typename, int64_t> class Kernel>
+// Kernel on src into dst, for their dtype, in vectors of the most channels (up to 64 bytes)
+// that divide the channel count.
+template <template <typename, int, int> class Kernel>
 void launch(const Grid& g, const Tensor& src, const Tensor& taps, const std::optional<Tensor>& idx,
             const Tensor& dst) {
   const int64_t* cell_of = idx ? idx->const_data_ptr<int64_t>() : nullptr;
@@ -110,11 +177,21 @@ void launch(const Grid& g, const Tensor& src, const Tensor& taps, const std::opt
     const scalar_t* s = src.const_data_ptr<scalar_t>();
     const scalar_t* k = taps.const_data_ptr<scalar_t>();
     scalar_t* d = dst.mutable_data_ptr<scalar_t>();
+    constexpr int widest = 64 / sizeof(scalar_t);
+    constexpr int lanes8 = std::min(8, widest), lanes16 = std::min(16, widest);
     switch (g.channels) {
-      case 8: return Kernel<scalar_t, 8>::run(g, s, k, cell_of, d);
-      case 16: return Kernel<scalar_t, 16>::run(g, s, k, cell_of, d);
-      case 32: return Kernel<scalar_t, 32>::run(g, s, k, cell_of, d);
-      default: return Kernel<scalar_t, 0>::run(g, s, k, cell_of, d);
+      case 8: return Kernel<scalar_t, lanes8, 8>::run(g, s, k, cell_of, d);
+      case 16: return Kernel<scalar_t, lanes16, 16>::run(g, s, k, cell_of, d);
+      case 32: return Kernel<scalar_t, widest, 32>::run(g, s, k, cell_of, d);
+    }
+    int lanes = 1;
+    while (lanes < widest && g.channels % (2 * lanes) == 0) lanes *= 2;
+    switch (lanes) {
+      case 16: if constexpr (widest >= 16) return Kernel<scalar_t, 16, 0>::run(g, s, k, cell_of, d);
+      case 8: return Kernel<scalar_t, 8, 0>::run(g, s, k, cell_of, d);
+      case 4: return Kernel<scalar_t, 4, 0>::run(g, s, k, cell_of, d);
+      case 2: return Kernel<scalar_t, 2, 0>::run(g, s, k, cell_of, d);
+      default: return Kernel<scalar_t, 1, 0>::run(g, s, k, cell_of, d);
     }
   });
 }
