@@ -281,8 +281,9 @@ def matmul_gflops(device_name: str, threads: int, seconds: float = 1.0) -> float
 
 
 def print_table(rows: list[dict[str, Any]], header: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from nca_cli.tables import table_console
 
     table = Table(title=header, title_justify="left")
     for col in (
@@ -309,7 +310,7 @@ def print_table(rows: list[dict[str, Any]], header: str) -> None:
             f"{r['gflops']:.1f}",
             f"{r['fraction_of_matmul']:.0%}",
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 def parser() -> argparse.ArgumentParser:

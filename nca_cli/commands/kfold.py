@@ -76,10 +76,10 @@ def prepare(
 
 def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
     """summary.json, a console table, a plot of per-fold metrics, and a W&B summary."""
-    from rich.console import Console
     from rich.table import Table
 
     from nca_cli.crossval import summarize
+    from nca_cli.tables import table_console
 
     summary = summarize(folder, k)
     table = Table(title=f"{k}-fold cross-validation: {folder}")
@@ -90,7 +90,7 @@ def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
     for name, m in summary["metrics"].items():
         cells = [f"{v:.4g}" for v in m["values"]]
         table.add_row(name, *cells, f"{m['mean']:.4g} ± {m['std']:.2g}")
-    Console().print(table)
+    table_console().print(table)
     plot(folder / "folds.png", summary)
     log_summary(folder, summary, config)
     return summary

@@ -154,8 +154,9 @@ def _fmt(entry: dict[str, Any] | None) -> str:
 def print_table(summary: dict[str, Any], result: ProtocolResult, out: Path) -> None:
     """The figures as a rich table on the console."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
+
+    from nca_cli.tables import table_console
 
     table = Table(
         title=f"Regeneration after {summary['perturbation']} ({result.samples} "
@@ -176,9 +177,7 @@ def print_table(summary: dict[str, Any], result: ProtocolResult, out: Path) -> N
             *(_fmt(summary[f"{name}_{stage}"]) for stage in STAGE_TITLES),
             "undefined" if rec is None else f"{rec:.2f}",
         )
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: no wrapping of the table
-        console = Console(width=max(console.width, 120))
+    console = table_console()
     console.print(table)
     recovery = summary["recovery_pct"]
     if recovery["value"] is None:

@@ -136,8 +136,9 @@ def grid_image(
 
 def print_sets_table(result: dict[str, Any], out: Path) -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
+
+    from nca_cli.tables import table_console
 
     labels = [r["label"] for r in result["runs"]]
     table = Table(
@@ -160,9 +161,7 @@ def print_sets_table(result: dict[str, Any], out: Path) -> None:
                 else:
                     cells.append(f"{figs[metric]['mean']:.4g}±{figs[metric]['std']:.1g}")
         table.add_row(name, str(entry["samples"]), *cells)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 120))
+    console = table_console()
     console.print(table)
     for run in result["runs"]:
         console.print(

@@ -84,8 +84,9 @@ def write_csv(study: optuna.Study, path: Path, metric: str) -> Path:
 
 
 def print_table(study: optuna.Study, metric: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from nca_cli.tables import table_console
 
     trials = study.get_trials(deepcopy=False)
     params = _params(trials)
@@ -115,7 +116,7 @@ def print_table(study: optuna.Study, metric: str) -> None:
             "" if seconds is None else f"{seconds:.1f}",
             _relative(t.user_attrs.get("run_dir", "")),
         )
-    console = Console(width=max(120, Console().width))
+    console = table_console()
     console.print(table)
     for t in trials:
         if t.state.name == "FAIL":
