@@ -187,7 +187,9 @@ void launch(const Grid& g, const Tensor& src, const Tensor& taps, const std::opt
     int lanes = 1;
     while (lanes < widest && g.channels % (2 * lanes) == 0) lanes *= 2;
     switch (lanes) {
-      case 16: if constexpr (widest >= 16) return Kernel<scalar_t, 16, 0>::run(g, s, k, cell_of, d);
+      case 16:  // float only: lanes stop at widest
+        if constexpr (widest >= 16) return Kernel<scalar_t, 16, 0>::run(g, s, k, cell_of, d);
+        [[fallthrough]];
       case 8: return Kernel<scalar_t, 8, 0>::run(g, s, k, cell_of, d);
       case 4: return Kernel<scalar_t, 4, 0>::run(g, s, k, cell_of, d);
       case 2: return Kernel<scalar_t, 2, 0>::run(g, s, k, cell_of, d);
