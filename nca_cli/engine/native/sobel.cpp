@@ -64,6 +64,15 @@ struct Cell {
   }
 };
 
+// fn(r, cell, at) for every selected row r: its cell, and where that sits.
+template <typename Fn>
+inline void for_rows(const Grid& g, const int64_t* cell_of, Fn&& fn) {
+  for (int64_t r = 0; r < g.rows; ++r) {
+    const int64_t cell = cell_of ? cell_of[r] : r;
+    fn(r, cell, Cell(g, cell));
+  }
+}
+
 // fn(t) for the 3x3 taps t (row-major) of the cell's neighbours that exist. Cells off the
 // border (most of them) take a loop without bounds checks, unrolled: constant offsets.
 template <typename Fn>
@@ -119,11 +128,10 @@ struct Rows {
                   const int64_t* cell_of, T* __restrict__ dst) {
     using V = typename Lanes<T, L>::V;
     const int64_t c = C ? C : g.channels;
-    for (int64_t r = 0; r < g.rows; ++r, dst += g.filters * c) {
-      const int64_t cell = cell_of ? cell_of[r] : r;
-      const Cell at(g, cell);
+    for_rows(g, cell_of, [&](int64_t r, int64_t cell, const Cell& at) {
+      T* __restrict__ row = dst + r * g.filters * c;
       const T* centre = state + cell * c;
-      for (int64_t q = 0; q < c; q += L) store(dst + q, load<T, L>(centre + q));
+      for (int64_t q = 0; q < c; q += L) store(row + q, load<T, L>(centre + q));
       for (int64_t f = 1; f < g.filters; ++f) {
         const T* w = k + (f - 1) * 9 * c;
         for (int64_t q = 0; q < c; q += L) {
@@ -131,10 +139,10 @@ struct Rows {
           for_taps(g, at, [&](int t) {
             acc += load<T, L>(w + t * c + q) * load<T, L>(centre + offset(g, t) + q);
           });
-          store(dst + f * c + q, acc);
+          store(row + f * c + q, acc);
         }
       }
-    }
+    });
   }
 };
 
@@ -146,24 +154,23 @@ struct Adjoint {
                   const int64_t* cell_of, T* __restrict__ state) {
     using V = typename Lanes<T, L>::V;
     const int64_t c = C ? C : g.channels;
-    for (int64_t r = 0; r < g.rows; ++r, src += g.filters * c) {
-      const int64_t cell = cell_of ? cell_of[r] : r;
-      const Cell at(g, cell);
+    for_rows(g, cell_of, [&](int64_t r, int64_t cell, const Cell& at) {
+      const T* __restrict__ row = src + r * g.filters * c;
       T* centre = state + cell * c;
       for (int64_t q = 0; q < c; q += L) {
-        store(centre + q, load<T, L>(centre + q) + load<T, L>(src + q));
+        store(centre + q, load<T, L>(centre + q) + load<T, L>(row + q));
       }
       for_taps(g, at, [&](int t) {
         T* nb = centre + offset(g, t);
         for (int64_t q = 0; q < c; q += L) {
           V sum = load<T, L>(nb + q);
           for (int64_t f = 1; f < g.filters; ++f) {
-            sum += load<T, L>(k + ((f - 1) * 9 + t) * c + q) * load<T, L>(src + f * c + q);
+            sum += load<T, L>(k + ((f - 1) * 9 + t) * c + q) * load<T, L>(row + f * c + q);
           }
           store(nb + q, sum);
         }
       });
-    }
+    });
   }
 };
 
