@@ -12,6 +12,7 @@ import pytest
 
 from nca_cli.commands.bench import build_model, count_flops, load_cases
 from nca_cli.config import ConfigError
+from nca_cli.engine import native
 
 KEYS = (
     "case",
@@ -72,6 +73,7 @@ def test_bench_json_on_a_tiny_case(tmp_path: Path) -> None:
         "  tiny-mnist: {grid: [8, 8], batch: 2, steps: 2, channels: 20, inputs: 1,\n"
         "    visible: 10, alpha: null, alive_mask: false, hidden: [80],\n"
         "    perception: {kind: conv, features: 80, activation: relu}, update_noise: 0.02}\n"
+        "  tiny-bf16: {grid: [8, 8], batch: 2, steps: 2, bf16: true}\n"
     )
     out = nca(
         "bench",
@@ -90,7 +92,9 @@ def test_bench_json_on_a_tiny_case(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "matmul" in out.stdout and "tiny-mnist" in out.stdout  # not cut short in a pipe
     rows = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["case"] for r in rows] == ["tiny", "tiny-mnist"]
+    assert [r["case"] for r in rows] == ["tiny", "tiny-mnist", "tiny-bf16"]
+    assert rows[0]["native"] == (native.ops() is not None)
+    assert not rows[2]["native"]  # bf16 autocast runs the reference step
     for row in rows:
         for key in KEYS:
             assert key in row, key

@@ -208,7 +208,9 @@ def run_case(name: str, case: BenchCase, opts: dict[str, Any]) -> dict[str, Any]
 
     infer()
     infer_s = statistics.median(infer() for _ in range(max(opts["iters"], 3)))
-    native = nca.fast and device.type == "cpu" and ops() is not None
+    with autocast:  # the engine's choice, as the iterations ran
+        fused = nca.uses_fused_step(x0)
+    native = fused and device.type == "cpu" and ops() is not None
     s_per_iter = statistics.median(times)
     cells = case.batch * h * w * case.steps
     train_flops, infer_flops = count_flops(nca)

@@ -89,7 +89,7 @@ class NCA(nn.Module):
             noise = noise * self.update_noise
         return StepNoise(fire, noise)
 
-    def _fast(self, x: Tensor) -> bool:
+    def uses_fused_step(self, x: Tensor) -> bool:
         """Whether the fused step applies: float32/64 outside bf16 autocast, ``fast`` on."""
         return (
             self.fast
@@ -103,7 +103,7 @@ class NCA(nn.Module):
         Runs the fused step, which gives the reference step's values and gradients faster
         and in less memory; the reference step under bf16 autocast or with ``fast`` off.
         """
-        if self._fast(x):
+        if self.uses_fused_step(x):
             return fused_step(self, x, fire, noise)
         return self.reference_step(x, fire, noise)
 
@@ -135,7 +135,7 @@ class NCA(nn.Module):
     ) -> Tensor:
         """``n`` steps, appending each new state to ``trajectory`` when given: one fused
         rollout where it applies, else step by step."""
-        if self._fast(x):
+        if self.uses_fused_step(x):
             y = fused_rollout(self, x, fire, noise, n, trajectory)
             if y is not None:
                 return y
