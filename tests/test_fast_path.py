@@ -89,6 +89,10 @@ def assert_same(a: tuple[Tensor, ...], b: tuple[Tensor, ...], **tol: float) -> N
         torch.testing.assert_close(u, v, msg=lambda m, i=i: f"tensor {i}: {m}", **tol)
 
 
+# Tests of the native operators themselves: where a C++ compiler is, they must build.
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+
+
 @pytest.fixture(params=["native", "tensor ops"])
 def operators(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The fused step with its native (C++) operators, or with tensor operations only, as
@@ -180,7 +184,7 @@ def test_blocks_of_rows_match_reference(fire_rate: float, operators: str) -> Non
     assert_same(run(nca, x0, 2, fast=True), run(nca, x0, 2, fast=False))
 
 
-@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+@needs_compiler
 def test_native_operators_match_tensor_operations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where a compiler is, the step runs natively (the MLP in several blocks, the Sobel
     perception at the selected rows), with the values and gradients of the tensor
@@ -201,7 +205,7 @@ def test_native_operators_match_tensor_operations(monkeypatch: pytest.MonkeyPatc
     assert not frozen_bias.any() and not frozen_weight.any() and results[0][-1].any()
 
 
-@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+@needs_compiler
 def test_native_operators_serve_float32_and_float64_only() -> None:
     nca = make_nca(PERCEPTIONS["sobel"])
     for dtype, served in ((torch.float64, True), (torch.float32, True), (torch.bfloat16, False)):
@@ -210,6 +214,7 @@ def test_native_operators_serve_float32_and_float64_only() -> None:
         assert (plan.native_sobel is not None) == (plan.native_alive is not None) == served
 
 
+@needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("channels", [5, 6, 12, 16, 20, 24, 32, 48])
 def test_native_sobel_matches_convolutions_for_any_channel_count(
@@ -219,8 +224,7 @@ def test_native_sobel_matches_convolutions_for_any_channel_count(
     and their adjoint is autograd's gradient, for channel counts that take every vector
     width of the kernels (1 to 16 values, fixed or read at run time)."""
     ops = native.ops()
-    if ops is None:
-        pytest.skip("no C++ compiler: the native operators cannot be built")
+    assert ops is not None
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, 7, 9, generator=g, dtype=dtype)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
