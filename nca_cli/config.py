@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from nca_cli.errors import ConfigError
+from nca_cli.shortcuts import expand, label
+
+__all__ = ["ConfigError"]
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, mistyped or out of range."""
 
 
 def parse(node: Mapping[str, Any] | DictConfig | None, schema: type[T], where: str) -> T:
@@ -37,7 +38,9 @@ def parse(node: Mapping[str, Any] | DictConfig | None, schema: type[T], where: s
     except ConfigKeyError as err:
         key = f"{where}.{err.full_key}" if where else str(err.full_key)
         allowed = ", ".join(f.name for f in fields(schema))  # type: ignore[arg-type]
-        raise ConfigError(f"unknown config key '{key}'; allowed keys here: {allowed}") from None
+        raise ConfigError(
+            f"unknown config key {label(key)}; allowed keys here: {allowed}"
+        ) from None
     except OmegaConfBaseException as err:
         path = str(err.full_key or "")
         key = f"{where}.{path}" if where and path else where or path
@@ -45,10 +48,10 @@ def parse(node: Mapping[str, Any] | DictConfig | None, schema: type[T], where: s
         found, value = _lookup(node, path)
         if expected and found:
             raise ConfigError(
-                f"invalid value for '{key}': {value!r}; expected {expected}"
+                f"invalid value for {label(key)}: {value!r}; expected {expected}"
             ) from None
         msg = str(getattr(err, "msg", err)).splitlines()[0]
-        raise ConfigError(f"invalid value for '{key}': {msg}") from None
+        raise ConfigError(f"invalid value for {label(key)}: {msg}") from None
     assert is_dataclass(obj)
     return obj  # type: ignore[return-value]
 
@@ -67,11 +70,11 @@ def _check_sections(node: Any, schema: type, where: str) -> None:
         if is_dataclass(kind):
             if not isinstance(value, Mapping | DictConfig):
                 raise ConfigError(
-                    f"invalid value for '{key}': {value!r}; expected {_describe(kind)}"
+                    f"invalid value for {label(key)}: {value!r}; expected {_describe(kind)}"
                 )
             _check_sections(value, kind, key)
         elif typing.get_origin(kind) is dict and not isinstance(value, Mapping | DictConfig):
-            raise ConfigError(f"invalid value for '{key}': {value!r}; expected a mapping")
+            raise ConfigError(f"invalid value for {label(key)}: {value!r}; expected a mapping")
 
 
 def _hints(schema: type) -> dict[str, Any]:
@@ -129,7 +132,7 @@ def _lookup(node: Any, path: str) -> tuple[bool, Any]:
 def require(ok: bool, key: str, value: object, allowed: str) -> None:
     """Raise a :class:`ConfigError` naming ``key``, its ``value`` and what is ``allowed``."""
     if not ok:
-        raise ConfigError(f"invalid value for '{key}': {value!r}; expected {allowed}")
+        raise ConfigError(f"invalid value for {label(key)}: {value!r}; expected {allowed}")
 
 
 def choice(value: str, options: Mapping[str, T] | list[str], key: str) -> None:
@@ -139,8 +142,11 @@ def choice(value: str, options: Mapping[str, T] | list[str], key: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """The update rule around the perception: MLP sizes, stochasticity, alive mask."""
+    """The state's size and the update rule around the perception: MLP sizes,
+    stochasticity, alive mask."""
 
+    channels: int = 16  # the whole state; the task's layout says which are inputs, visible
+    # Hidden layer sizes of the update MLP; one number is one layer (model.hidden=64).
     hidden: list[int] = field(default_factory=lambda: [128])
     activation: str = "relu"
     fire_rate: float = 0.5
@@ -155,6 +161,13 @@ class ModelConfig:
     # Coarse-to-fine cascade (Med-NCA / NCALab): one NCA per scale, coarsest first; [1] is
     # a single NCA at full resolution.
     scales: list[int] = field(default_factory=lambda: [1])
+
+    def ignored(self) -> dict[str, str]:
+        """Fields these values leave unread, and why (see :func:`unread_overrides`)."""
+        if self.alive_mask:
+            return {}
+        why = "model.alive_mask is false: every cell lives"
+        return {"alive_threshold": why, "alive_pool": why}
 
 
 @dataclass
@@ -187,6 +200,17 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     min_lr: float = 0.0
+
+    def ignored(self) -> dict[str, str]:
+        reads = {
+            "piecewise": ("milestones", "gamma"),
+            "cosine": ("min_lr",),
+            "exponential": ("gamma",),
+        }.get(self.name, ())
+        why = f"trainer.schedule.name is {self.name!r}, which reads only " + (
+            ", ".join(reads) if reads else "the learning rate"
+        )
+        return {key: why for key in ("milestones", "gamma", "min_lr") if key not in reads}
 
 
 @dataclass
@@ -248,6 +272,12 @@ class RegenCheckConfig:
     perturbation: str = "circle"
     steps: ProtocolSteps = field(default_factory=ProtocolSteps)
 
+    def ignored(self) -> dict[str, str]:
+        if self.enabled:
+            return {}
+        why = "trainer.regen_check.enabled is false"
+        return dict.fromkeys(("every", "samples", "perturbation", "steps"), why)
+
 
 @dataclass
 class TrainerConfig:
@@ -275,6 +305,12 @@ class LoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
 
+    def ignored(self) -> dict[str, str]:
+        if self.name != "none":
+            return {}
+        why = "logger=none logs nothing to W&B"
+        return dict.fromkeys(("project", "entity", "mode", "group", "tags"), why)
+
 
 @dataclass
 class RunConfig:
@@ -282,11 +318,6 @@ class RunConfig:
     by their owners (the task and the perception registry)."""
 
     seed: int = 0
-    channels: int = 16
-    hidden: int = 128
-    fire_rate: float = 0.5
-    lr: float = 2e-3
-    pool_size: int = 1024
     device: str = "cpu"
     threads: int | None = None
     resume: str | None = None
@@ -304,6 +335,9 @@ PADDINGS = ("zeros", "circular", "reflect", "replicate")
 
 def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     """Parse and range-check the parts of the config that the engine and trainer own."""
+    model = cfg.get("model") if isinstance(cfg, Mapping | DictConfig) else None
+    if isinstance(model, Mapping | DictConfig) and isinstance(model.get("hidden"), int):
+        cfg = {**cfg, "model": {**model, "hidden": [model["hidden"]]}}  # one layer
     run = parse(cfg, RunConfig, "")
     m, t = run.model, run.trainer
     choice(m.padding, list(PADDINGS), "model.padding")
@@ -316,7 +350,7 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         m.scales,
         "downsampling factors >= 1, coarsest first, ending with 1 (e.g. [4, 2, 1])",
     )
-    require(run.channels > 0, "channels", run.channels, "a positive integer")
+    require(m.channels > 0, "model.channels", m.channels, "a positive integer")
     require(t.iterations >= 0, "trainer.iterations", t.iterations, "an integer >= 0")
     require(t.batch_size > 0, "trainer.batch_size", t.batch_size, "a positive integer")
     require(t.steps.min >= 1, "trainer.steps.min", t.steps.min, "an integer >= 1")
@@ -372,9 +406,10 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    check_group_overrides(list(overrides))
+    overrides = expand(overrides)
+    check_group_overrides(overrides)
     with initialize_config_module(config_module="nca_cli.conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=list(overrides))
+        cfg = hydra_compose("config", overrides=overrides)
     return resolve(cfg)
 
 
@@ -384,7 +419,7 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         msg = str(getattr(err, "msg", err)).splitlines()[0]
-        raise ConfigError(f"invalid value for '{err.full_key}': {msg}") from None
+        raise ConfigError(f"invalid value for {label(str(err.full_key))}: {msg}") from None
     assert isinstance(resolved, dict)
     return resolved  # type: ignore[return-value]
 
@@ -402,8 +437,9 @@ def config_groups() -> dict[str, list[str]]:
 
 
 def check_group_overrides(overrides: list[str]) -> None:
-    """``dataset=3`` names a config group with a number: Hydra fails on it with a bare
-    ValueError and a traceback, so say which group and which options exist instead."""
+    """Each option chosen for a config group (``perception=conv``, or each value of a sweep
+    ``perception=conv,nope``) exists; Hydra fails on ``dataset=3`` with a bare ValueError and
+    a traceback and names no options for a missing one, so say which options exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -418,17 +454,20 @@ def check_group_overrides(overrides: list[str]) -> None:
                 f"invalid override {item.input_line!r}: it names no key (overrides are "
                 "key=value, e.g. fire_rate=0.3)"
             )
-        if item.key_or_group not in groups or item.package or item.is_sweep_override():
+        if item.key_or_group not in groups or item.package or item.is_delete():
             continue
         value = item.value()
-        values = value if isinstance(value, list) else [value]
-        if values and all(isinstance(v, str) for v in values):
-            continue
-        options = ", ".join(groups[item.key_or_group])
-        raise ConfigError(
-            f"invalid value for config group '{item.key_or_group}': {value!r}; expected one "
-            f"of {options}"
-        )
+        if item.is_sweep_override():
+            values = list(getattr(value, "list", []))  # the choices; Hydra refuses the rest
+        else:
+            values = value if isinstance(value, list) else [value]
+        options = groups[item.key_or_group]
+        for option in values:
+            if not isinstance(option, str) or option not in options:
+                raise ConfigError(
+                    f"invalid value for config group '{item.key_or_group}': {option!r}; "
+                    f"expected one of {', '.join(options)}"
+                )
 
 
 # ``scheme://user:password@host``: the password part of a URL.
@@ -469,67 +508,47 @@ def mask_secrets(node: Any) -> Any:
     return mask_text(node) if isinstance(node, str) else node
 
 
-def _interpolated_keys() -> dict[str, list[str]]:
-    """Where the default config tree interpolates each top-level key (``fire_rate`` ->
-    ``model.fire_rate``): a saved config is resolved, so its copies no longer follow."""
-    import re
-
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    with initialize_config_module(config_module="nca_cli.conf", version_base="1.3"):
-        raw = OmegaConf.to_container(hydra_compose("config"), resolve=False)
-    sites: dict[str, list[str]] = {}
-
-    def walk(node: Any, path: str) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for key, value in items:
-            where = f"{path}.{key}" if path else str(key)
-            if isinstance(value, dict | list):
-                walk(value, where)
-            elif isinstance(value, str) and (m := re.fullmatch(r"\$\{(\w+)\}", value)):
-                sites.setdefault(m.group(1), []).append(where)
-
-    walk(raw, "")
-    return sites
-
-
 def apply_overrides(config: Mapping[str, Any], overrides: list[str], what: str) -> dict:
     """A saved, resolved run config with ``key=value`` overrides (Hydra's syntax) applied.
 
-    Keys must exist and config groups cannot be swapped (the saved weights would not fit
-    another model); ``what`` names the run in error messages. An override of a top-level
-    key such as ``fire_rate`` also reaches the places the config tree interpolates it
-    (``model.fire_rate``) where the saved value still equals the old top-level value.
+    Keys must exist (shortcuts such as ``fire_rate`` name their fields) and config groups
+    cannot be swapped (the saved weights would not fit another model); ``what`` names the
+    run in error messages.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        parsed = OverridesParser.create().parse_overrides(expand(overrides))
     except OverrideParseException as err:
         first = str(err).splitlines()[0]
         raise ConfigError(f"{first}; overrides are key=value (e.g. fire_rate=0.3)") from None
-    saved = OmegaConf.create(dict(config))
-    sites: dict[str, list[str]] | None = None
+    saved = OmegaConf.create(_upgrade(config))
     for item in parsed:
         key, value = item.key_or_group, item.value()
         if item.is_add() or item.is_delete() or item.package:
             raise ConfigError(f"cannot add or delete config keys of {what}: {item.input_line}")
         old = OmegaConf.select(saved, key, default="__missing__")
         if old == "__missing__":
-            raise ConfigError(f"unknown config key '{key}' ({what})")
+            raise ConfigError(f"unknown config key {label(key)} ({what})")
         if isinstance(old, DictConfig):
             raise ConfigError(
                 f"cannot change config group '{key}' of {what}: its weights fit the saved "
                 "model only; override single keys (e.g. model.fire_rate=0.3)"
             )
-        if "." not in key:
-            sites = _interpolated_keys() if sites is None else sites
-            for site in sites.get(key, []):
-                if OmegaConf.select(saved, site, default="__missing__") == old:
-                    OmegaConf.update(saved, site, value, merge=False)
         OmegaConf.update(saved, key, value, merge=False)
     resolved = OmegaConf.to_container(saved, resolve=True)
     assert isinstance(resolved, dict)
     return resolved
+
+
+def _upgrade(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved before the shortcut keys became names of their fields: its top-level
+    copies (interpolated into the fields when it was saved) dropped, ``channels`` moved to
+    ``model.channels``."""
+    out = dict(config)
+    for key in ("hidden", "fire_rate", "lr", "pool_size"):
+        out.pop(key, None)
+    if "channels" in out and isinstance(out.get("model"), Mapping):
+        out["model"] = {"channels": out.pop("channels"), **out["model"]}
+    return out

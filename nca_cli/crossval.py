@@ -97,21 +97,33 @@ def write_folds(folder: Path, folds: Folds, test: list[str]) -> list[Path]:
     return paths
 
 
-def summarize(folder: Path, k: int) -> dict[str, Any]:
-    """Per-fold values, mean and sample standard deviation of every metric."""
-    folds = []
+def summarize(folder: Path, k: int, partial: bool = False) -> dict[str, Any]:
+    """Per-fold values, mean and sample standard deviation of every metric; ``partial``
+    summarises the folds that finished (``folds`` lists them), so that a k-fold with a
+    failed fold still reports the others."""
+    finished: dict[int, dict[str, Any]] = {}
     for i in range(k):
         path = folder / f"fold_{i}" / "metrics.json"
-        if not path.is_file():
+        if path.is_file():
+            finished[i] = json.loads(path.read_text())
+        elif not partial:
             raise DataError(f"fold {i} has not finished: {path} is missing")
-        folds.append(json.loads(path.read_text()))
-    names = [n for n in folds[0] if all(isinstance(f.get(n), int | float) for f in folds)]
+    if not finished:
+        raise DataError(f"no fold of {folder} has finished")
+    folds = list(finished.values())
+    n = len(folds)
+    names = [name for name in folds[0] if all(isinstance(f.get(name), int | float) for f in folds)]
     metrics = {}
     for name in names:
         values = [float(f[name]) for f in folds]
-        mean = sum(values) / k
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else 0.0
+        mean = sum(values) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
         metrics[name] = {"values": values, "mean": mean, "std": std}
-    summary = {"k": k, "std": "sample standard deviation (ddof=1)", "metrics": metrics}
+    summary = {
+        "k": k,
+        "folds": sorted(finished),
+        "std": "sample standard deviation (ddof=1)",
+        "metrics": metrics,
+    }
     write_text_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -14,6 +14,7 @@ from torch import Tensor
 from nca_cli.config import ConfigError, RunConfig, parse
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch, PoolConfig, validate_pool
+from nca_cli.shortcuts import label
 
 Rollout = Callable[[Tensor, int], Tensor]
 
@@ -76,19 +77,29 @@ class Task(ABC):
 
     def __init__(self, run: RunConfig) -> None:
         self.run = run
-        self.config = parse(run.task, self.config_schema, "task")
-        self.dataset_config: Any = parse(run.dataset, self.dataset_schema, "dataset")
-        self.loss_config = parse(run.loss, self.loss_schema, "loss")
-        if self.loss_config.name not in self.losses:
-            raise ConfigError(
-                f"invalid value for 'loss.name': {self.loss_config.name!r}; task "
-                f"{self.config.name!r} supports " + ", ".join(self.losses)
-            )
-        validate_pool(self.config.pool, run.trainer.batch_size, "task.pool")
+        self.config, self.dataset_config, self.loss_config = self.parse_sections(run)
+        channels = run.model.channels
         try:
-            self.layout = self.make_layout(run.channels)
+            self.layout = self.make_layout(channels)
         except ValueError as err:
-            raise ConfigError(f"invalid value for 'channels': {run.channels}; {err}") from None
+            raise ConfigError(
+                f"invalid value for {label('model.channels')}: {channels}; {err}"
+            ) from None
+
+    @classmethod
+    def parse_sections(cls, run: RunConfig) -> tuple[TaskConfig, Any, LossConfig]:
+        """The task's, dataset's and loss's sections parsed and checked, without loading
+        any data (a sweep checks every point's config this way before its first trial)."""
+        config = parse(run.task, cls.config_schema, "task")
+        dataset = parse(run.dataset, cls.dataset_schema, "dataset")
+        loss = parse(run.loss, cls.loss_schema, "loss")
+        if loss.name not in cls.losses:
+            raise ConfigError(
+                f"invalid value for 'loss.name': {loss.name!r}; task {config.name!r} "
+                "supports " + ", ".join(cls.losses)
+            )
+        validate_pool(config.pool, run.trainer.batch_size, "task.pool")
+        return config, dataset, loss
 
     @abstractmethod
     def make_layout(self, channels: int) -> ChannelLayout:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 SMOKE = ["trainer=smoke", "logger=none"]
@@ -49,6 +50,11 @@ def test_train_help_and_cfg(tmp_path: Path) -> None:
     cfg = nca("train", "--cfg", "job", "fire_rate=0.3", "perception=dilated", cwd=tmp_path)
     assert cfg.returncode == 0
     assert "fire_rate: 0.3" in cfg.stdout and "kind: multi" in cfg.stdout
+    shown = nca("train", "--cfg", "job", "task=mnist", "fire_rate=0.3", "hidden=64", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    model = yaml.safe_load(shown.stdout)["model"]  # the value that runs, in one place
+    assert model["fire_rate"] == 0.3 and model["hidden"] == 64
+    assert "fire_rate" not in yaml.safe_load(shown.stdout)
 
 
 def test_completion_queries_reach_the_train_app(tmp_path: Path) -> None:
@@ -111,3 +117,33 @@ def test_wandb_offline_run_holds_uint8_images_and_a_gif(tmp_path: Path) -> None:
     assert finals and list((media / "videos").glob("rollout_*.gif"))
     image = np.asarray(Image.open(finals[0]).convert("RGB"))
     assert image.max() == 255 and image.mean() > 100, "W&B image is black or empty"
+
+
+def test_shortcuts_reach_the_run_of_a_preset_that_sets_the_field(tmp_path: Path) -> None:
+    env = {"NCA_OUTPUT_DIR": "outputs"}
+    args = ["task=mnist", "fire_rate=0.3", "hidden=128", "lr=1e-4", *SMOKE, "trainer.iterations=1"]
+    out = nca("train", *args, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    (run,) = run_dirs(tmp_path)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["fire_rate"] == 0.3 and saved["model"]["hidden"] == 128
+    assert saved["trainer"]["optimizer"]["lr"] == 1e-4
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert rows[0]["lr"] == 1e-4  # what the optimiser stepped with
+    assert "22499 parameters" not in (run / "train.log").read_text()  # hidden 128, not 80
+
+
+def test_an_override_that_changes_nothing_is_refused(tmp_path: Path) -> None:
+    cases = {
+        "logger.project=mine": "logger=none logs nothing to W&B",
+        "trainer.schedule.min_lr=0.1": "trainer.schedule.name is 'piecewise'",
+        "model.alive_threshold=0.2": "model.alive_mask is false",
+        "hydra.sweep.dir=elsewhere": "nca train makes one run folder",
+    }
+    for override, reason in cases.items():
+        mask = ["model.alive_mask=false"] if override.startswith("model.") else []
+        out = nca("train", *SMOKE, *mask, override, cwd=tmp_path)
+        assert out.returncode == 2, (override, out.stderr)
+        assert f"the override '{override}' changes nothing: {reason}" in out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()

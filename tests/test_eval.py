@@ -3,6 +3,7 @@ regeneration check of training runs."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -18,7 +19,13 @@ import torch
 from PIL import Image
 
 from nca_cli.commands import eval as eval_command
-from nca_cli.config import ConfigError, ProtocolSteps, apply_overrides, compose
+from nca_cli.config import (
+    ConfigError,
+    ProtocolSteps,
+    apply_overrides,
+    compose,
+    parse_run_config,
+)
 from nca_cli.evaluation.evaluate import build_summary
 from nca_cli.evaluation.metrics import lpips_distance, recovery_pct, summary
 from nca_cli.evaluation.protocol import ProtocolConfig, default_damage, figures, run_protocol
@@ -231,11 +238,14 @@ def test_the_most_recent_run_is_the_default(
     assert find_checkpoint() == root / "train" / "2026-01-02_10-00-00_000001" / "last.ckpt"
 
 
-def test_overrides_reach_interpolated_keys_of_a_saved_config() -> None:
+def test_shortcuts_reach_the_fields_of_a_saved_config() -> None:
     saved = compose(["trainer=smoke", "logger=none"])
     changed = apply_overrides(saved, ["fire_rate=0.3", "hidden=64"], "a run")
-    assert changed["model"]["fire_rate"] == 0.3 and changed["model"]["hidden"] == [64]
-    assert changed["fire_rate"] == 0.3 and saved["model"]["fire_rate"] == 0.5
+    assert changed["model"]["fire_rate"] == 0.3 and changed["model"]["hidden"] == 64
+    assert parse_run_config(changed).model.hidden == [64] and saved["model"]["fire_rate"] == 0.5
+    old = {**copy.deepcopy(saved), "fire_rate": 0.5, "channels": 24}  # saved before shortcuts
+    del old["model"]["channels"]  # named fields
+    assert parse_run_config(apply_overrides(old, [], "a run")).model.channels == 24
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides(saved, ["fire_rate"], "a run")
 

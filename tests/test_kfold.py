@@ -15,7 +15,7 @@ import torch
 
 from nca_cli.config import compose
 from nca_cli.crossval import case_pool, make_folds
-from nca_cli.training.checkpoint import load_checkpoint
+from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from nca_cli.training.trainer import Trainer
 
 OVERRIDES = ["task=shapes", "trainer=smoke", "logger=none", "dataset.samples=30"]
@@ -143,3 +143,67 @@ def test_composed_overrides_reach_every_fold(finished: Path) -> None:
     for i in range(3):
         saved = load_checkpoint(finished / f"fold_{i}" / "last.ckpt")["config"]
         assert saved["dataset"]["samples"] == expected == 30
+
+
+def test_hydra_sweep_dir_is_the_kfold_folder(tmp_path: Path) -> None:
+    """The folds, the summary and the resume all use the folder that Hydra's option names."""
+    folder = tmp_path / "cv"
+    out = kfold(*OVERRIDES, "k=3", f"hydra.sweep.dir={folder}", root=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for name in ("summary.json", "folds.png", "status.json", "kfold.json"):
+        assert (folder / name).is_file(), name
+    assert not (tmp_path / "outputs").exists(), "something went to the default folder"
+    assert "hydra" not in (folder / "kfold.json").read_text()
+    done = [folder / f"fold_{i}" / "metrics.json" for i in range(3)]
+    stamps = [path.stat().st_mtime_ns for path in done]
+    again = kfold(f"dir={folder}", root=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [path.stat().st_mtime_ns for path in done] == stamps, "a finished fold retrained"
+    assert (again.stdout + again.stderr).count("already finished") == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["hydra.sweep.subdir=x"], ["hydra.sweep.subdir", "<folder>/fold_<i>/", "dir="]),
+        (["hydra.run.dir=x"], ["hydra.run.dir", "dir=", "hydra.sweep.dir="]),
+        (["dir=a", "hydra.sweep.dir=b"], ["dir=a", "hydra.sweep.dir=b"]),
+    ],
+)
+def test_output_options_kfold_cannot_honour_are_refused(
+    tmp_path: Path, args: list[str], needles: list[str]
+) -> None:
+    out = kfold(*OVERRIDES, "k=3", *args, root=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in out.stderr, (needle, out.stderr)
+    assert not any(tmp_path.iterdir()), "a folder was made before the refusal"
+
+
+def diverged_checkpoint(run_dir: Path) -> None:
+    """A fold folder interrupted after its weights blew up: resuming it diverges at once."""
+    payload = Trainer(compose(OVERRIDES), run_dir.parent / "scratch").state_dict()
+    for value in payload["model"].values():
+        value.fill_(math.nan)
+    run_dir.mkdir(parents=True)
+    save_checkpoint(run_dir / CHECKPOINT_NAME, payload)
+
+
+def test_a_diverged_fold_fails_the_kfold_after_the_other_folds(tmp_path: Path) -> None:
+    folder = tmp_path / "cv"
+    diverged_checkpoint(folder / "fold_0")
+    out = kfold(*OVERRIDES, "k=3", f"hydra.sweep.dir={folder}", root=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "diverged" in (folder / "fold_0" / "error.txt").read_text()
+    assert not (folder / "fold_0" / "metrics.json").exists()
+    for i in (1, 2):
+        assert (folder / f"fold_{i}" / "metrics.json").is_file(), f"fold {i} did not train"
+    status = json.loads((folder / "status.json").read_text())
+    assert status[0].startswith("fold_0: failed: training diverged at iteration 1")
+    assert status[1:] == ["fold_1: finished", "fold_2: finished"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["folds"] == [1, 2] and len(summary["metrics"]["dice"]["values"]) == 2
+    assert "fold_0: failed: training diverged" in out.stderr
+    assert f"nca kfold dir={folder}" in out.stderr

@@ -59,14 +59,15 @@ def test_search_space_from_preset_and_command_line() -> None:
         ["lr=tag(log, interval(1e-4, 1e-2))", "channels=range(8, 33, 8)", "seed=3"],
     )
     by_name = {d.name: d for d in dims}
-    assert list(by_name) == ["fire_rate", "channels", "lr"]  # the command line replaces
-    assert by_name["fire_rate"].distribution() == FloatDistribution(0.1, 1.0)
-    assert by_name["lr"].distribution() == FloatDistribution(1e-4, 1e-2, log=True)
-    assert by_name["channels"].distribution() == IntDistribution(8, 32, step=8)
-    assert by_name["channels"].grid == (8, 16, 24, 32)
-    assert by_name["channels"].distribution(grid=True) == CategoricalDistribution([8, 16, 24, 32])
-    assert by_name["fire_rate"].grid is None
-    assert fixed == ["hidden=64", "seed=3"]
+    fire, channels, lr = "model.fire_rate", "model.channels", "trainer.optimizer.lr"
+    assert list(by_name) == [fire, channels, lr]  # shortcuts named; the command line replaces
+    assert by_name[fire].distribution() == FloatDistribution(0.1, 1.0)
+    assert by_name[lr].distribution() == FloatDistribution(1e-4, 1e-2, log=True)
+    assert by_name[channels].distribution() == IntDistribution(8, 32, step=8)
+    assert by_name[channels].grid == (8, 16, 24, 32)
+    assert by_name[channels].distribution(grid=True) == CategoricalDistribution([8, 16, 24, 32])
+    assert by_name[fire].grid is None
+    assert fixed == ["model.hidden=64", "seed=3"]
     for value in ["conv", "1e-3", "true", "a b", "it's", 0.1, 3, False]:
         dims, _ = split_arguments({}, [f"k=choice({format_value(value)}, other)"])
         assert dims[0].values[0] == value, value
@@ -139,6 +140,27 @@ def test_presets_and_slurm_launcher_compose(monkeypatch: pytest.MonkeyPatch, cap
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["timeout_min"] == 240
 
 
+@pytest.mark.parametrize(
+    ("space", "needle"),
+    [
+        ("fire_rate=0.3,abc", "'fire_rate' (model.fire_rate): 'abc'; expected a number"),
+        ("fire_rate=interval(-0.1, 1.0)", "-0.1; expected a number in (0, 1]"),
+        ("perception=conv,nope", "'perception': 'nope'; expected one of attention"),
+        ("trainer.schedule.min_lr=0.0,0.1", "changes nothing: trainer.schedule.name is"),
+        ("hydra.sweep.subdir=x", "nca sweep puts trial N in <sweep folder>/N/"),
+    ],
+)
+def test_bad_point_fails_the_sweep_before_any_trial(
+    space: str, needle: str, tmp_path: Path
+) -> None:
+    args = [space, "fire_rate=0.3,0.5"] if space.startswith("hydra.") else [space]
+    out = nca_sweep(*args, *SMOKE, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not list(tmp_path.rglob("last.ckpt")) and not list(tmp_path.rglob("optuna.db"))
+
+
 # -- real sweeps of smoke runs --------------------------------------------------------------
 def test_grid_writes_one_run_per_value_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
@@ -150,12 +172,12 @@ def test_grid_writes_one_run_per_value_and_resumes(
     assert [r.name for r in runs] == ["0", "1", "2"]
     configs = [flat(yaml.safe_load((r / "config.yaml").read_text())) for r in runs]
     differ = {k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1}
-    assert differ == {"fire_rate", "model.fire_rate"}
-    assert [c["fire_rate"] for c in configs] == [0.3, 0.5, 0.7]
+    assert differ == {"model.fire_rate"}
+    assert [c["model.fire_rate"] for c in configs] == [0.3, 0.5, 0.7]
 
     rows = list(csv.DictReader((sweep_dir / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
-    assert [float(r["fire_rate"]) for r in rows] == [0.3, 0.5, 0.7]
+    assert [float(r["model.fire_rate"]) for r in rows] == [0.3, 0.5, 0.7]
     for name in PLOTS:
         assert (sweep_dir / "plots" / f"{name}.png").stat().st_size > 1000, name
     assert "study=" in out.stdout  # how to resume
@@ -188,11 +210,12 @@ def test_optuna_study_resumes_with_a_new_sampler_seed(
     study = load(sweep_dir)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
     assert [t.number for t in study.trials] == list(range(8))
-    assert len({t.params["lr"] for t in study.trials}) == 8
+    assert len({t.params["trainer.optimizer.lr"] for t in study.trials}) == 8
     for trial in study.trials:
         run = Path(trial.user_attrs["run_dir"])
         assert run == (sweep_dir / str(trial.number)).resolve()
-        assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == trial.params["lr"]
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        assert saved["trainer"]["optimizer"]["lr"] == trial.params["trainer.optimizer.lr"]
         assert sorted(trial.intermediate_values) == [1, 2, 3, 4]  # every logged iteration
     threads = {
         yaml.safe_load((r / "config.yaml").read_text())["threads"] for r in trial_dirs(sweep_dir)
@@ -203,7 +226,7 @@ def test_optuna_study_resumes_with_a_new_sampler_seed(
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     # A threshold above every value kills all cells: the trainer raises DivergenceError.
     code = in_process(monkeypatch, *SMOKE, "model.alive_threshold=5.0,0.1", "study=faulty")
-    assert code == 0
+    assert code == 1  # after the other trial ran and the table was written
     sweep_dir = sweep_root() / "faulty"
     study = load(sweep_dir)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -256,3 +279,21 @@ def test_wheel_ships_the_sweeper_plugin_and_presets(tmp_path: Path) -> None:
     ):
         assert path in names, path
     assert not any(n.startswith(("sweeps/", "hydra_plugins/__init__")) for n in names)
+
+
+@pytest.mark.parametrize("space", [["fire_rate=0.3,0.5"], ["search=lr", "n_trials=2"]])
+def test_hydra_sweep_dir_holds_the_study_and_resumes(
+    space: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    folder = tmp_path / "mine"
+    args = [*space, *SMOKE, f"hydra.sweep.dir={folder}"]
+    assert in_process(monkeypatch, *args) == 0
+    out = capsys.readouterr().out
+    assert [r.name for r in trial_dirs(folder)] == ["0", "1"]
+    assert (folder / "trials.csv").is_file() and (folder / "optuna.db").is_file()
+    assert f"hydra.sweep.dir={folder}" in out.splitlines()[-1]  # the resume command
+    assert not sweep_root().exists()
+    again = [*args, f"study={load(folder).study_name}", "n_trials=1"]
+    assert in_process(monkeypatch, *again) == 0  # the study in that folder resumes
+    states = [t.state for t in load(folder).trials]
+    assert states == [TrialState.COMPLETE] * (2 if space[0].startswith("fire") else 3)

@@ -49,7 +49,8 @@ def test_every_trial_is_a_kfold_on_the_same_split(
         assert [c["dataset"]["splits"] for c in configs] == [
             str((sweep_dir / "splits" / f"fold_{i}.json").resolve()) for i in range(3)
         ]
-        assert {c["fire_rate"] for c in configs} == {trial.params["fire_rate"]}
+        fire_rates = {c["model"]["fire_rate"] for c in configs}
+        assert fire_rates == {trial.params["model.fire_rate"]}
         assert {c["logger"]["group"] for c in configs} == {f"cv/{trial.number}"}  # W&B
         used = [json.loads(p.read_text()) for p in fold_files(run, "splits.json")]
         assert [{"train": u["train"], "val": u["val"]} for u in used] == folds

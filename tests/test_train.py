@@ -75,6 +75,43 @@ def test_every_preset_composes_and_builds(group: str, option: str) -> None:
     assert out.shape == state.shape
 
 
+def levels(nca: torch.nn.Module) -> list[Any]:
+    """The NCAs of a model: one, or each level of a cascade."""
+    return list(getattr(nca, "levels", [nca]))
+
+
+def hidden_sizes(trainer: Trainer) -> set[tuple[int, ...]]:
+    """The hidden layer sizes of every NCA of the model."""
+    return {tuple(x.out_features for x in nca.update.layers[:-1]) for nca in levels(trainer.nca)}
+
+
+# A changed value for every shortcut key, and how to read it from the built objects.
+SHORTCUT_VALUES: dict[str, tuple[Any, Any]] = {
+    "seed": (7, lambda t: t.generator.initial_seed()),
+    "fire_rate": (0.37, lambda t: {n.fire_rate for n in levels(t.nca)}),
+    "hidden": (40, hidden_sizes),
+    "lr": (3.3e-4, lambda t: t.optimizer.param_groups[0]["lr"]),
+    "pool_size": (40, lambda t: t.pool.size if t.pool is not None else 0),
+    "channels": (None, lambda t: t.task.layout.channels),  # the preset's channels + 4
+}
+READ_AS = {"fire_rate": lambda v: {v}, "hidden": lambda v: {(v,)}}
+
+
+@pytest.mark.parametrize(("group", "option"), presets())
+def test_every_shortcut_reaches_the_built_run_of_every_preset(
+    group: str, option: str, tmp_path: Path
+) -> None:
+    chosen = [*task_choosing(group, option), f"{group}={option}", "logger=none"]
+    base = Trainer(compose(chosen), tmp_path / "base")
+    values = {k: v for k, (v, _) in SHORTCUT_VALUES.items()}
+    values["channels"] = base.task.layout.channels + 4
+    expected = {k: READ_AS.get(k, lambda v: v)(v) for k, v in values.items()}
+    for key, (_, read) in SHORTCUT_VALUES.items():
+        assert read(base) != expected[key], key  # a change, whatever the preset says
+    trainer = Trainer(compose([*chosen, *(f"{k}={v}" for k, v in values.items())]), tmp_path)
+    assert {key: read(trainer) for key, (_, read) in SHORTCUT_VALUES.items()} == expected
+
+
 def test_distill_model_is_the_published_8336_parameters() -> None:
     config = compose(["experiment=distill"])
     task, nca = build(config)
@@ -89,11 +126,14 @@ def test_distill_model_is_the_published_8336_parameters() -> None:
     assert config["task"]["pool"]["damage"]["count"] == 3
 
 
-def test_top_level_keys_reach_the_groups() -> None:
+def test_shortcut_keys_name_their_fields() -> None:
     config = compose(["fire_rate=0.3", "channels=32", "hidden=64", "lr=1e-3", "seed=1"])
     run = parse_run_config(config)
     assert run.model.fire_rate == 0.3 and run.model.hidden == [64]
-    assert run.trainer.optimizer.lr == 1e-3 and run.channels == 32 and run.seed == 1
+    assert run.trainer.optimizer.lr == 1e-3 and run.model.channels == 32 and run.seed == 1
+    assert not {"fire_rate", "channels", "hidden", "lr", "pool_size"} & set(config)
+    with pytest.raises(ConfigError, match=r"'fire_rate' and 'model.fire_rate'"):
+        compose(["fire_rate=0.3", "model.fire_rate=0.4"])
 
 
 @pytest.mark.parametrize(

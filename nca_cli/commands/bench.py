@@ -127,6 +127,7 @@ def build_model(name: str, case: BenchCase) -> Any:
     except ValueError as err:
         raise ConfigError(f"case {name!r}: {err}") from None
     model = ModelConfig(
+        channels=case.channels,
         hidden=list(case.hidden),
         activation=case.activation,
         fire_rate=case.fire_rate,

@@ -2,8 +2,10 @@
 
 Folds run as a Hydra multirun of the training app (sequential by default, in parallel with
 ``hydra/launcher=joblib``), each into ``<kfold dir>/fold_<i>/`` with a fresh model,
-optimiser, scheduler and pool. Re-running on the same folder skips finished folds and
-continues interrupted ones from their last checkpoint.
+optimiser, scheduler and pool; ``dir=`` or ``hydra.sweep.dir=`` names the k-fold folder.
+Re-running on the same folder skips finished folds and continues interrupted ones from
+their last checkpoint. A diverged fold does not stop the others: the summary covers the
+folds that finished and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -16,14 +18,32 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import hydra
+from omegaconf import DictConfig
+
+from nca_cli.commands import train
+from nca_cli.config import ConfigError
+from nca_cli.shortcuts import expand
+
 EPILOG = """examples:
   nca kfold task=shapes k=5
   nca kfold task=medmnist dataset.name=pneumoniamnist k=5 perception=dilated fire_rate=0.3
   nca kfold task=kvasir k=5 hydra/launcher=joblib     folds in parallel
+  nca kfold task=shapes k=5 hydra.sweep.dir=cv/shapes  the k-fold folder (resumed if it is one)
   nca kfold dir=outputs/kfold/<run>                    resume: finished folds are skipped
   nca kfold task=shapes splits=outputs/kfold/<run>/folds.json   reuse a saved split
 
-Every other key=value token is a training override (as for `nca train`)."""
+Every other key=value token is a training override (as for `nca train`). Exit status:
+0 all folds finished, 1 a fold failed (the others still train), 2 bad input, 130
+interrupted."""
+
+# Hydra output options that would send folds where resume and the summary cannot find them
+REFUSED = {
+    "hydra.sweep.subdir": "folds always go to <folder>/fold_<i>/ (resume and the summary "
+    "find them there); choose the folder with dir= or hydra.sweep.dir=",
+    "hydra.run.dir": "a k-fold makes one folder of folds, not a single run folder: use dir= "
+    "or hydra.sweep.dir=",
+}
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -40,17 +60,54 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     overrides = []
     for token in args.overrides:
         key, sep, value = token.partition("=")
-        if sep and key in ("k", "splits", "dir"):
-            special[key] = value
+        name = key.lstrip("+~")
+        if sep and name in REFUSED:
+            parser.exit(2, f"nca kfold: error: {name} is not allowed: {REFUSED[name]}\n")
+        if sep and name in ("k", "splits", "dir", "hydra.sweep.dir"):
+            special[name] = value
         else:
             overrides.append(token)
+    try:
+        overrides = expand(overrides)
+    except ConfigError as err:
+        parser.error(str(err))
     try:
         args.k = int(special.get("k", "5"))
     except ValueError:
         parser.error(f"k must be an integer, got {special['k']!r}")
     args.splits = Path(special["splits"]) if "splits" in special else None
     args.dir = Path(special["dir"]) if "dir" in special else None
+    args.folder = args.dir
+    if "hydra.sweep.dir" in special:
+        try:
+            sweep_dir = resolve_folder(special["hydra.sweep.dir"])
+        except ConfigError as err:
+            parser.exit(2, f"nca kfold: error: {err}\n")
+        if args.dir is not None and args.dir.resolve() != sweep_dir.resolve():
+            parser.exit(
+                2,
+                f"nca kfold: error: dir={args.dir} and hydra.sweep.dir={sweep_dir} name "
+                "different folders; both name the k-fold folder: give one of them\n",
+            )
+        args.folder = sweep_dir
     return args, overrides
+
+
+def resolve_folder(value: str) -> Path:
+    """``hydra.sweep.dir`` with ``${now:...}`` resolved now: kfold must know its folder
+    before Hydra starts, and passes Hydra this path so that both use the same one."""
+    from hydra.core.utils import setup_globals
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    setup_globals()
+    try:
+        return Path(str(OmegaConf.create({"dir": value}).dir))
+    except OmegaConfBaseException as err:
+        raise ConfigError(
+            f"invalid value for 'hydra.sweep.dir': {value!r} ({type(err).__name__}); only "
+            "${now:...} can be resolved before the folds start"
+        ) from None
 
 
 def prepare(
@@ -59,8 +116,11 @@ def prepare(
     """Write the fold files into ``folder`` (reusing ``folds.json`` when it exists)."""
     from nca_cli.config import ConfigError, compose
     from nca_cli.crossval import FOLDS_FILE, case_pool, load_folds, make_folds, write_folds
+    from nca_cli.training.checks import check_config
 
-    config = compose([o for o in overrides if not o.startswith(("hydra", "+hydra"))])
+    training = [o for o in overrides if not o.startswith(("hydra", "+hydra"))]
+    config = compose(training)
+    check_config(config, training)
     pool = case_pool(config)
     saved = folder / FOLDS_FILE
     if saved.is_file():
@@ -75,20 +135,26 @@ def prepare(
 
 
 def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
-    """summary.json, a console table, a plot of per-fold metrics, and a W&B summary."""
+    """summary.json, a console table, a plot of per-fold metrics, and a W&B summary, over
+    the folds that finished (a failed fold's column reads "failed")."""
     from rich.table import Table
 
     from nca_cli.crossval import summarize
     from nca_cli.tables import table_console
 
-    summary = summarize(folder, k)
-    table = Table(title=f"{k}-fold cross-validation: {folder}")
+    summary = summarize(folder, k, partial=True)
+    done = summary["folds"]
+    title = f"{k}-fold cross-validation: {folder}"
+    if len(done) < k:
+        title += f" ({len(done)} of {k} folds finished)"
+    table = Table(title=title)
     table.add_column("metric")
     for i in range(k):
         table.add_column(f"fold {i}", justify="right")
     table.add_column("mean ± std", justify="right")
     for name, m in summary["metrics"].items():
-        cells = [f"{v:.4g}" for v in m["values"]]
+        values = dict(zip(done, m["values"], strict=True))
+        cells = [f"{values[i]:.4g}" if i in values else "failed" for i in range(k)]
         table.add_row(name, *cells, f"{m['mean']:.4g} ± {m['std']:.2g}")
     table_console().print(table)
     plot(folder / "folds.png", summary)
@@ -106,8 +172,9 @@ def plot(path: Path, summary: dict[str, Any]) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         m = summary["metrics"][name]
-        ax.bar(range(len(m["values"])), m["values"], color="tab:blue")
+        ax.bar(summary["folds"], m["values"], color="tab:blue")
         ax.axhline(m["mean"], color="tab:red", label="mean")
+        ax.set_xticks(range(summary["k"]))
         ax.set_title(f"{name}\n{m['mean']:.3g} ± {m['std']:.2g}", fontsize=9)
         ax.set_xlabel("fold")
     fig.tight_layout()
@@ -184,25 +251,42 @@ def fold_states(folder: Path, k: int) -> list[str]:
     return states
 
 
+@hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
+def fold_app(cfg: DictConfig) -> dict[str, float] | None:
+    """``nca train``'s app for one fold, except that a diverged fold (exit status 1, its
+    reason in error.txt) returns: Hydra's sweeper would end the multirun on its SystemExit,
+    and the other folds must still train. Bad input (2) and Ctrl-C (130) still stop all."""
+    try:
+        return train.job(cfg)
+    except SystemExit as stop:
+        if stop.code != 1:
+            raise
+        return None
+
+
 def main(argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     from nca_cli.atomic import write_text_atomic
-    from nca_cli.config import ConfigError
+    from nca_cli.crossval import FOLDS_FILE
     from nca_cli.datasets.storage import DataError
 
     args, overrides = parse_args(argv)
     root = Path(os.environ.get("NCA_OUTPUT_DIR", "outputs"))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-    folder = args.dir or root / "kfold" / stamp
+    folder = args.folder or root / "kfold" / stamp
+    created = not folder.exists()
     try:
-        if args.dir is not None and not (args.dir / "folds.json").is_file():
+        resuming = (folder / FOLDS_FILE).is_file()
+        if args.dir is not None and not resuming:
             raise ConfigError(
                 f"invalid value for 'dir': {str(args.dir)!r} is not a k-fold folder (it holds "
                 "no folds.json)"
             )
-        if args.dir is not None:
-            args.k, overrides = saved_command(args.dir, argv, args.k, overrides)
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"invalid value for 'hydra.sweep.dir': {str(folder)!r} is a file")
+        if resuming:
+            args.k, overrides = saved_command(folder, argv, args.k, overrides)
             print(f"nca kfold: resuming {folder}: " + "; ".join(fold_states(folder, args.k)))
         folder.mkdir(parents=True, exist_ok=True)
         paths, config = prepare(overrides, args.k, folder, args.splits)
@@ -210,25 +294,25 @@ def main(argv: list[str]) -> None:
             command = {"k": args.k, "overrides": overrides}
             write_text_atomic(folder / COMMAND_FILE, json.dumps(command, indent=1) + "\n")
     except (ConfigError, DataError, HydraException) as err:  # Hydra's: a bad override
-        if args.dir is None and folder.is_dir() and not any(folder.iterdir()):
+        if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # nothing was written: no half-made k-fold folder stays behind
         print(f"nca kfold: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"nca kfold: {args.k} folds in {folder}")
-    from nca_cli.commands import train
-
     sys.argv = [
         "nca kfold",
         "-m",
         f"dataset.splits={','.join(str(p) for p in paths)}",
-        f"hydra.sweep.dir={folder}",
-        "hydra.sweep.subdir=fold_${hydra.job.num}",
         f"logger.group=kfold-{folder.name}",
         *overrides,
+        # last, over any saved in an older kfold.json: the folds go where resume and the
+        # summary look for them
+        f"hydra.sweep.dir={folder}",
+        "hydra.sweep.subdir=fold_${hydra.job.num}",
     ]
     try:
-        train.app()
-    except (SystemExit, KeyboardInterrupt) as stop:  # a fold stopped: interrupted or failed
+        fold_app()
+    except (SystemExit, KeyboardInterrupt) as stop:  # interrupted, or bad input in a fold
         code = stop.code if isinstance(stop, SystemExit) else 130
         if code in (0, None):
             raise
@@ -241,11 +325,22 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(code if isinstance(code, int) else 1)
-    write_text_atomic(
-        folder / STATUS_FILE, json.dumps(fold_states(folder, args.k), indent=1) + "\n"
-    )
-    try:
-        report(folder, args.k, config)
-    except DataError as err:
-        print(f"nca kfold: error: {err}", file=sys.stderr)
+    states = fold_states(folder, args.k)
+    write_text_atomic(folder / STATUS_FILE, json.dumps(states, indent=1) + "\n")
+    failed = sum(not s.endswith(": finished") for s in states)
+    if failed < args.k:
+        try:
+            report(folder, args.k, config)
+        except DataError as err:
+            print(f"nca kfold: error: {err}", file=sys.stderr)
+            sys.exit(1)
+    if failed:
+        covered = "the summary covers the others" if failed < args.k else "no summary"
+        print(
+            f"nca kfold: {failed} of {args.k} folds failed; {covered}:\n  "
+            + "\n  ".join(states)
+            + "\nThe failed folds' error.txt and train.log say more. Run again to retry "
+            f"them (finished folds are skipped):\n  nca kfold dir={folder}",
+            file=sys.stderr,
+        )
         sys.exit(1)

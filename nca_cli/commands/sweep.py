@@ -10,6 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from nca_cli import shortcuts
 from nca_cli.config import ConfigError
 from nca_cli.sweeping.config import ALIASES
 
@@ -82,7 +83,12 @@ def main(argv: list[str]) -> None:
     from nca_cli.sweeping.config import register
 
     register()
-    sys.argv = ["nca sweep", *expand(argv)]
+    try:
+        args = expand(shortcuts.expand(argv))
+    except ConfigError as err:
+        print(f"nca sweep: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = ["nca sweep", *args]
     try:
         app()
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from nca_cli.config import (
     mask_text,
     resolve,
 )
+from nca_cli.shortcuts import expand
 
 log = logging.getLogger("nca.train")
 ERROR_FILE = "error.txt"  # why a run failed (divergence), beside its last good checkpoint
@@ -79,6 +80,7 @@ def hide_secrets() -> None:
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], dict]:
     """The saved config of the run to resume, with ``key=value`` overrides applied."""
     from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from nca_cli.training.checks import check_config
 
     run_dir = Path(str(cfg.resume))
     if not run_dir.is_dir():
@@ -91,6 +93,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any]
     ]
     config = apply_overrides(checkpoint["config"], wanted, f"the run {run_dir}")
     config["resume"] = str(run_dir)
+    check_config(config, wanted)
     return config, checkpoint
 
 
@@ -104,6 +107,12 @@ def finished_metrics(run_dir: Path) -> dict[str, float] | None:
 
 @hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> dict[str, float] | None:
+    return job(cfg)
+
+
+def job(cfg: DictConfig) -> dict[str, float] | None:
+    """The Hydra job of ``nca train``: the run in Hydra's output folder, stopped cleanly by
+    Ctrl-C or SIGTERM (exit 130)."""
     from nca_cli.training.interrupts import stop_requests
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -154,9 +163,66 @@ def run_job(cfg: DictConfig, run_dir: Path, stop: threading.Event) -> dict[str, 
     return metrics
 
 
+# Hydra's options that print or complete instead of running.
+INFO_OPTIONS = (
+    "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help", "-sc",
+    "--shell-completion",
+)  # fmt: skip
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Before Hydra makes a run folder: the config the overrides compose is valid, and each
+    override is read by the run (a resumed run's are checked against its saved config)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from nca_cli.config import compose
+    from nca_cli.training.checks import check_config
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    check_group_overrides(overrides)
+    if any(a.split("=", 1)[0] in INFO_OPTIONS for a in argv):
+        return
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    for line in overrides:
+        key = line.split("=", 1)[0].lstrip("+~")
+        if not multirun and key.startswith("hydra.sweep."):
+            raise ConfigError(
+                f"the override {line!r} changes nothing: nca train makes one run folder "
+                "(hydra.run.dir=...); hydra.sweep.* places the runs of a multirun (-m, or "
+                "nca sweep)"
+            )
+        if multirun and key.startswith("hydra.run."):
+            raise ConfigError(
+                f"the override {line!r} changes nothing: a multirun (-m) places its runs "
+                "in hydra.sweep.dir/hydra.sweep.subdir"
+            )
+    if any(a.startswith("resume=") and a.split("=", 1)[1] not in ("", "null") for a in argv):
+        return  # checked against the run's saved config once it is loaded
+    parser = OverridesParser.create()
+    parsed = []
+    for line in overrides:
+        try:
+            parsed += parser.parse_overrides([line])
+        except HydraException as err:
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError(
+                f"invalid override {line!r}: {first} (overrides are key=value)"
+            ) from None
+    fixed = [
+        o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()
+    ]
+    try:
+        config = compose(fixed)
+    except HydraException as err:  # Hydra's message names the override
+        raise ConfigError(" ".join(str(err).split())) from None
+    check_config(config, fixed)
+
+
 def main(argv: list[str]) -> None:
     try:
-        check_group_overrides([a for a in argv if not a.startswith("-")])
+        argv = expand(argv)
+        check_command_line(argv)
         sys.argv = ["nca train", *apply_resume(argv)]
     except ConfigError as err:  # before Hydra creates a run folder
         print(f"nca train: error: {err}", file=sys.stderr)

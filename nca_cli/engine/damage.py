@@ -6,7 +6,7 @@ are measured in cells, so a circle stays a circle on a non-square grid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -33,6 +33,17 @@ class DamageConfig:
     center_y: list[float] | None = None
     side: str = "left"
     rate: list[float] = field(default_factory=lambda: [0.5, 0.5])
+
+    def ignored(self) -> dict[str, str]:
+        """With ``count`` 0 all but the count; otherwise the other kinds' shape options."""
+        if self.count == 0:
+            why = "damage.count is 0: nothing is damaged"
+            return {f.name: why for f in fields(self) if f.name != "count"}
+        reads = {"circle": ("radius", "center", "center_y"), "rect": ("size",), "half": ("side",)}
+        kept = reads.get(self.kind, ("rate",))
+        why = f"damage kind {self.kind!r} reads only " + ", ".join(kept)
+        shapes = ("radius", "center", "size", "center_y", "side", "rate")
+        return {key: why for key in shapes if key not in kept}
 
 
 DAMAGE_KINDS = ("circle", "rect", "half", "noise")

@@ -26,6 +26,14 @@ class PoolConfig:
     mutate: int = 0
     damage: DamageConfig = field(default_factory=DamageConfig)
 
+    def ignored(self) -> dict[str, str]:
+        if self.size:
+            return {}
+        why = (
+            "task.pool.size is 0: every batch starts from fresh samples (pool_size=N gives a pool)"
+        )
+        return dict.fromkeys(("replace", "mutate", "damage"), why)
+
 
 def validate_pool(cfg: PoolConfig, batch_size: int, where: str) -> None:
     require(cfg.size >= 0, f"{where}.size", cfg.size, "an integer >= 0 (0: no pool)")

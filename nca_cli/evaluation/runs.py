@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from nca_cli.compute import configure_cpu
-from nca_cli.config import RunConfig, apply_overrides, parse_run_config
+from nca_cli.config import RunConfig, apply_overrides
 from nca_cli.engine.cascade import CascadeNCA, build_model
 from nca_cli.engine.nca import NCA
 from nca_cli.evaluation import EvalError
+from nca_cli.shortcuts import expand
 from nca_cli.tasks import task_class
 from nca_cli.tasks.base import Task
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from nca_cli.training.checks import check_config, refuse_unread
 
 
 def train_root() -> Path:
@@ -60,6 +62,15 @@ class LoadedRun:
     wandb_id: str | None
 
 
+# What nca eval never reads of a run's config, so overriding it changes nothing.
+UNREAD = {
+    "trainer": "nca eval does not train (--steps sets how long --sets grows)",
+    "task.pool": "nca eval grows fresh samples, without a pool",
+    "seed": "nca eval draws its samples and damage from --seed",
+    "resume": "nca eval continues no run",
+}
+
+
 def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
     """Rebuild the task and model saved in ``checkpoint``; ``overrides`` (``key=value``)
     change the saved config, e.g. ``fire_rate=0.3`` or ``device=cuda``."""
@@ -68,7 +79,9 @@ def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> L
     if not isinstance(saved, dict) or not isinstance(payload.get("model"), dict):
         raise EvalError(f"{checkpoint} holds no config or model: not an nca training checkpoint")
     config = apply_overrides(saved, list(overrides), f"the run of {checkpoint}")
-    run = parse_run_config(config)
+    overrides = expand(overrides)
+    refuse_unread(overrides, UNREAD)
+    run = check_config(config, overrides)
     configure_cpu(run.threads)
     task = task_class(str(run.task.get("name", "")))(run)
     nca = build_model(run.model, run.perception, task.layout, task.alive_channel)

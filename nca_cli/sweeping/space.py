@@ -112,9 +112,13 @@ def split_arguments(
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from nca_cli.shortcuts import expand
+
     parser = OverridesParser.create()
-    try:
-        overrides = parser.parse_overrides([*_preset_lines(params), *arguments])
+    try:  # shortcuts name their fields; the preset's and the command line's apart, as the
+        # command line replaces what the preset says
+        lines = [*expand(_preset_lines(params)), *expand(arguments)]
+        overrides = parser.parse_overrides(lines)
     except HydraException as err:
         raise ConfigError(f"cannot parse the search space: {err}") from None
     last: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import secrets
 import shlex
@@ -117,6 +118,11 @@ class OptunaSweeper(Sweeper):
 
         self.config = config
         self.hydra_context = hydra_context
+        try:
+            refuse_output_overrides([str(o) for o in config.hydra.overrides.hydra])
+        except ConfigError as err:
+            print(f"nca sweep: error: {err}", file=sys.stderr)
+            sys.exit(2)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         chosen = any(str(o).startswith("hydra.sweep.dir=") for o in config.hydra.overrides.hydra)
         if self.study_name and not chosen:
@@ -144,6 +150,9 @@ class OptunaSweeper(Sweeper):
         # Trials are asked here and beat from here while Hydra's launcher runs them.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         assert self.config is not None and self.study_name
+        from nca_cli.config import check_group_overrides
+
+        check_group_overrides(list(arguments))
         dims, fixed = split_arguments(self.params, arguments)
         if not dims:
             raise ConfigError(
@@ -213,7 +222,7 @@ class OptunaSweeper(Sweeper):
             budget = DEFAULT_TRIALS if self.n_trials is None else self.n_trials
 
         returns: list[JobReturn] = []
-        ran = completed = 0
+        ran = completed = failed = 0
         try:
             while ran < budget:
                 batch = self._ask(study, dims, fixed, points, min(parallel, budget - ran))
@@ -221,18 +230,21 @@ class OptunaSweeper(Sweeper):
                     break
                 results = self._launch(study, storage, batch)
                 if results is None:  # the launcher failed: judge each trial from its folder
-                    completed += sum(self._recover(study, trial) for trial, _ in batch)
+                    ends = [self._recover(study, trial) for trial, _ in batch]
                 else:
-                    for (trial, _), result in zip(batch, results, strict=True):
-                        completed += self._tell(study, trial, result)
+                    ends = [
+                        self._tell(study, t, r) for (t, _), r in zip(batch, results, strict=True)
+                    ]
                     returns.extend(results)
+                completed += ends.count("complete")
+                failed += ends.count("failed")
                 ran += len(batch)
                 self._write_table(study)
         except KeyboardInterrupt:
             self._write_table(study)
             print(f"nca sweep: interrupted; resume with:\n  {self._again()}", file=sys.stderr)
             sys.exit(130)
-        self._finish(study, ran, completed, grid, points)
+        self._finish(study, ran, completed, failed, grid, points)
         return returns
 
     def _check_settings(self) -> None:
@@ -255,28 +267,41 @@ class OptunaSweeper(Sweeper):
     def _check_composes(self, dims: Sequence[Dimension], fixed: list[str]) -> tuple[str, str]:
         """Fail before any trial on a typo: the fixed overrides must give a valid training
         config, and every searched key (each choice, each end of an interval) must compose.
-        Returns the task's objective (metric, direction), the default of the search."""
+        Every value is checked as ``nca train`` checks its config (parsed by its owners, read
+        by the run). Returns the task's objective (metric, direction), the default of the
+        search."""
+        from nca_cli.tasks import task_class
+        from nca_cli.training.checks import check_config
+
+        self.base = self._training_config(fixed)
+        try:
+            run = check_config(self.base, fixed)
+        except ConfigError as err:
+            raise ConfigError(f"the fixed overrides: {err}") from None
+        objective = task_class(str(run.task.get("name", ""))).objective
+        for point in _check_points(dims):
+            overrides = [dim.override(value) for dim, value in zip(dims, point, strict=True)]
+            where = " ".join(overrides)
+            try:
+                check_config(self._training_config([*fixed, *overrides], where), overrides)
+            except ConfigError as err:
+                raise ConfigError(f"the searched point {where}: {err}") from None
+        return objective
+
+    def _training_config(self, overrides: list[str], where: str = "the fixed overrides") -> dict:
+        """The training config that ``overrides`` compose, without Hydra's own section."""
         from hydra.errors import HydraException
 
-        from nca_cli.config import parse_run_config
-        from nca_cli.tasks import task_class
-
         assert self.hydra_context is not None and self.config is not None
-        loader = self.hydra_context.config_loader
         try:
-            base = loader.load_sweep_config(self.config, list(fixed))
-            with read_write(base), open_dict(base):
-                del base["hydra"]
-            self.base = OmegaConf.to_container(base, resolve=True)  # type: ignore[assignment]
-            run = parse_run_config(self.base)
-            objective = task_class(str(run.task.get("name", ""))).objective
-            for dim in dims:
-                ends = dim.values if dim.kind == "choice" else (dim.values[0], dim.values[-1])
-                for value in ends:
-                    loader.load_sweep_config(self.config, [*fixed, dim.override(value)])
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         except HydraException as err:
-            raise ConfigError(str(err).strip().splitlines()[0]) from None
-        return objective
+            raise ConfigError(f"{where}: {str(err).strip().splitlines()[0]}") from None
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        from nca_cli.config import resolve
+
+        return resolve(cfg)
 
     def _sampler_seed(self, study: optuna.Study) -> int:
         """A new seed per invocation, so a resumed study does not repeat its start-up
@@ -423,8 +448,8 @@ class OptunaSweeper(Sweeper):
             self.job_idx += len(batch)
         return results
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> int:
-        """Record how a trial ended; 1 when it completed."""
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
+        """Record how a trial ended: complete, pruned or failed."""
         import optuna
         from optuna.trial import TrialState
 
@@ -436,20 +461,20 @@ class OptunaSweeper(Sweeper):
                 objective = objective_value(value, self.metric)
             except (TypeError, ValueError) as err:
                 self._fail(study, trial, str(err))
-                return 0
+                return "failed"
             trial.set_user_attr("metrics", _numbers(value))
             spread = self._fold_attrs(trial)
             study.tell(trial, objective)
             print(f"[trial {trial.number}] complete: {self.metric} {objective:.6g}{spread}")
-            return 1
+            return "complete"
         if isinstance(value, optuna.TrialPruned):
             study.tell(trial, state=TrialState.PRUNED)
             print(f"[trial {trial.number}] pruned: {value}")
-            return 0
+            return "pruned"
         self._fail(study, trial, f"{type(value).__name__}: {value}")
         if isinstance(value, Interrupted):  # Ctrl-C inside an in-process trial
             raise KeyboardInterrupt
-        return 0
+        return "failed"
 
     def _fail(self, study: optuna.Study, trial: optuna.Trial, error: str) -> None:
         from optuna.trial import TrialState
@@ -460,9 +485,9 @@ class OptunaSweeper(Sweeper):
         study.tell(trial, state=TrialState.FAIL)
         print(f"[trial {trial.number}] failed: {error}", file=sys.stderr)
 
-    def _recover(self, study: optuna.Study, trial: optuna.Trial) -> int:
+    def _recover(self, study: optuna.Study, trial: optuna.Trial) -> str:
         """A trial whose job result was lost counts as complete if its run finished (its
-        folder holds the final metrics); 1 when it did."""
+        folder holds the final metrics); else failed."""
         import json
 
         run_dir = self.sweep_dir / str(trial.number)
@@ -474,7 +499,7 @@ class OptunaSweeper(Sweeper):
             objective = objective_value(metrics, self.metric)
         except (OSError, ValueError):
             self._fail(study, trial, self.launch_error)
-            return 0
+            return "failed"
         trial.set_user_attr("metrics", _numbers(metrics))
         spread = self._fold_attrs(trial)
         study.tell(trial, objective)
@@ -482,7 +507,7 @@ class OptunaSweeper(Sweeper):
             f"[trial {trial.number}] complete (from its folder): {self.metric} "
             f"{objective:.6g}{spread}"
         )
-        return 1
+        return "complete"
 
     def _fold_attrs(self, trial: optuna.Trial) -> str:
         """For a cross-validated trial: its std and per-fold objective as user attributes
@@ -511,17 +536,63 @@ class OptunaSweeper(Sweeper):
         write_csv(study, self.sweep_dir / "trials.csv", self.metric)
 
     def _finish(
-        self, study: optuna.Study, ran: int, completed: int, grid: bool, points: list[Any]
+        self,
+        study: optuna.Study,
+        ran: int,
+        completed: int,
+        failed: int,
+        grid: bool,
+        points: list[Any],
     ) -> None:
+        """The table, the resume command, and the exit status: 1 when a trial of this run
+        failed (the others still ran)."""
         from nca_cli.sweeping.summary import summarize
 
         if ran == 0 and grid:
             print(f"nca sweep: nothing left to run: the {len(points)} grid points are done")
         summarize(study, self.sweep_dir, self.metric)
         print(f"add trials to this study (or resume it) with:\n  {self._again()}")
-        if ran and not completed:
-            print(f"nca sweep: none of the {ran} trials completed", file=sys.stderr)
+        if failed:
+            print(
+                f"nca sweep: {failed} of the {ran} trials failed ({completed} completed); "
+                "their errors are in the table and in their folders' error.txt",
+                file=sys.stderr,
+            )
             sys.exit(1)
+
+
+# Up to this many points of a search are checked together; beyond, one value at a time.
+CHECKED_POINTS = 64
+
+
+def _check_points(dims: Sequence[Dimension]) -> list[tuple[Any, ...]]:
+    """The points that check a search space before its first trial: every combination of
+    the grid values and interval ends (values of one key may need values of another, as
+    ``perception.kernel_size`` needs a learned ``perception``); for a larger space, each
+    value with the others at their first."""
+    values = [d.values if d.grid is not None else (d.values[0], d.values[-1]) for d in dims]
+    if math.prod(len(v) for v in values) <= CHECKED_POINTS:
+        return list(itertools.product(*values))
+    first = tuple(v[0] for v in values)
+    return [(*first[:i], x, *first[i + 1 :]) for i, v in enumerate(values) for x in v]
+
+
+def refuse_output_overrides(hydra_overrides: list[str]) -> None:
+    """A sweep places trial N in ``<hydra.sweep.dir>/<N>/`` (resuming, the table and the
+    cross-validated folds find it there), and makes no single run folder."""
+    for line in hydra_overrides:
+        key = line.split("=", 1)[0].lstrip("+~")
+        if key == "hydra.sweep.subdir":
+            raise ConfigError(
+                f"the override {line!r} is not taken: nca sweep puts trial N in "
+                "<sweep folder>/N/ (resume and the table find it there); choose the sweep "
+                "folder with hydra.sweep.dir=... or study=<name>"
+            )
+        if key.startswith("hydra.run."):
+            raise ConfigError(
+                f"the override {line!r} changes nothing: a sweep's trials go to "
+                "hydra.sweep.dir (or outputs/sweep/<study>)"
+            )
 
 
 def _shorthand(arg: str) -> str:

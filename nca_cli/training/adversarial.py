@@ -49,6 +49,12 @@ class GanConfig(LossConfig):
     d_width: int = 32
     d_depth: int = 3
 
+    def ignored(self) -> dict[str, str]:
+        if self.mode == "bce":
+            return {"gp_weight": "loss.mode is 'bce': no gradient penalty"}
+        why = f"loss.mode is {self.mode!r}: no BCE targets"
+        return {"real_label": why, "fake_label": why}
+
 
 def validate_gan(cfg: GanConfig, where: str = "loss") -> None:
     choice(cfg.mode, list(MODES), f"{where}.mode")

@@ -21,6 +21,7 @@ from nca_cli.commands import train
 from nca_cli.config import ConfigError, compose, config_groups, parse_run_config
 from nca_cli.datasets.storage import DataError
 from nca_cli.engine.cascade import build_model
+from nca_cli.shortcuts import label
 from nca_cli.tasks import task_class
 
 
@@ -41,7 +42,7 @@ def build(overrides: list[str]) -> None:
     [
         ("fire_rate=1.5", "model.fire_rate", "1.5", "(0, 1]"),
         ("fire_rate=0", "model.fire_rate", "0", "(0, 1]"),
-        ("channels=3", "channels", "3", "channels"),
+        ("channels=3", "model.channels", "3", "channels"),
         ("trainer.steps.min=50", "trainer.steps.max", "12", ">= trainer.steps.min (50)"),
         ("perception.kind=nope", "perception.kind", "nope", "sobel"),
         ("perception.kind=[]", "perception.kind", "[]", "sobel"),  # found by hypothesis
@@ -54,7 +55,7 @@ def build(overrides: list[str]) -> None:
         ("model.hidden=abc", "model.hidden", "abc", "a list of integers"),
         ("+trainer.foo=1", "trainer.foo", "", "allowed keys here"),
         ("dataset=3", "dataset", "3", "emoji"),
-        ("fire_rate=${nope}", "fire_rate", "nope", "not found"),
+        ("fire_rate=${nope}", "model.fire_rate", "nope", "not found"),
     ],
 )
 def test_bad_value_is_one_clear_error(override: str, key: str, value: str, allowed: str) -> None:
@@ -62,7 +63,7 @@ def test_bad_value_is_one_clear_error(override: str, key: str, value: str, allow
         build([*TINY, override])
     message = str(caught.value)
     assert "\n" not in message
-    for part in (f"'{key}'", value, allowed):
+    for part in (label(key), value, allowed):
         assert part in message, (part, message)
 
 
@@ -73,10 +74,10 @@ def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("channels=2", "'channels': 2"),
+        ("channels=2", "'channels' (model.channels): 2"),
         ("trainer.foo=1", "Could not override 'trainer.foo'"),
         ("trainer.batch_size=zero", "'trainer.batch_size': 'zero'"),
-        ("perception=nope", "perception/nope"),
+        ("perception=nope", "config group 'perception': 'nope'; expected one of"),
         ("trainer.steps={min: 9, max: 3}", "'trainer.steps.max': 3"),
         ("dataset=3", "config group 'dataset': 3"),
         ("fire_rate=${nope}", "'fire_rate'"),

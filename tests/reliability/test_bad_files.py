@@ -83,7 +83,7 @@ def test_format_error_names_both_versions(copy: Path, capsys: pytest.CaptureFixt
 def test_checkpoint_that_does_not_fit_its_config(
     copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    edited(copy / "last.ckpt", lambda c: c["config"].update(channels=24))
+    edited(copy / "last.ckpt", lambda c: c["config"]["model"].update(channels=24))
     code, output = run_main(train.main, [f"resume={copy}"], capsys)
     assert code == 2
     assert_clean_error(output, "does not fit the model")
