@@ -190,6 +190,23 @@ def test_eval_circle_writes_every_output(trained: dict[str, Any], tmp_path: Path
         assert picture(path).mean() > 50, "W&B image is black"
 
 
+def test_an_override_that_eval_does_not_read_is_refused(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    cases = {
+        "seed=1": "nca eval draws its samples and damage from --seed",
+        "lr=0.1": "'lr=0.1' (trainer.optimizer.lr) changes nothing: nca eval does not train",
+        "logger.project=mine": "logger=none logs nothing to W&B",
+    }
+    evals = trained["run"] / "eval"
+    before = sorted(evals.iterdir()) if evals.is_dir() else []
+    for override, needle in cases.items():
+        out = nca_eval("--run", str(trained["run"]), *STEP_FLAGS, override, cwd=tmp_path, env={})
+        assert out.returncode == 2, (override, out.stderr)
+        assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert (sorted(evals.iterdir()) if evals.is_dir() else []) == before  # nothing evaluated
+
+
 def test_missing_or_corrupt_runs_are_clear_errors(
     trained: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -177,7 +177,7 @@ def check_command_line(argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     from nca_cli.config import compose
-    from nca_cli.training.checks import check_config
+    from nca_cli.training.checks import check_config, points_to_check
 
     overrides = [a for a in argv if not a.startswith("-")]
     check_group_overrides(overrides)
@@ -209,14 +209,19 @@ def check_command_line(argv: list[str]) -> None:
             raise ConfigError(
                 f"invalid override {line!r}: {first} (overrides are key=value)"
             ) from None
-    fixed = [
-        o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()
+    training = [o for o in parsed if not o.is_hydra_override()]
+    fixed = [o.input_line for o in training if not o.is_sweep_override()]
+    swept = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        for o in training
+        if o.is_sweep_override()
     ]
-    try:
-        config = compose(fixed)
-    except HydraException as err:  # Hydra's message names the override
-        raise ConfigError(" ".join(str(err).split())) from None
-    check_config(config, fixed)
+    for point in points_to_check(swept):  # a multirun's jobs, before the first one
+        try:
+            config = compose([*fixed, *point])
+        except HydraException as err:  # Hydra's message names the override
+            raise ConfigError(" ".join(str(err).split())) from None
+        check_config(config, [*fixed, *point])
 
 
 def main(argv: list[str]) -> None:

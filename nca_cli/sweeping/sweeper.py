@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import secrets
 import shlex
@@ -561,20 +560,13 @@ class OptunaSweeper(Sweeper):
             sys.exit(1)
 
 
-# Up to this many points of a search are checked together; beyond, one value at a time.
-CHECKED_POINTS = 64
-
-
 def _check_points(dims: Sequence[Dimension]) -> list[tuple[Any, ...]]:
-    """The points that check a search space before its first trial: every combination of
-    the grid values and interval ends (values of one key may need values of another, as
-    ``perception.kernel_size`` needs a learned ``perception``); for a larger space, each
-    value with the others at their first."""
-    values = [d.values if d.grid is not None else (d.values[0], d.values[-1]) for d in dims]
-    if math.prod(len(v) for v in values) <= CHECKED_POINTS:
-        return list(itertools.product(*values))
-    first = tuple(v[0] for v in values)
-    return [(*first[:i], x, *first[i + 1 :]) for i, v in enumerate(values) for x in v]
+    """The points that check a search space: its grid values and interval ends."""
+    from nca_cli.training.checks import points_to_check
+
+    return points_to_check(
+        [d.values if d.grid is not None else (d.values[0], d.values[-1]) for d in dims]
+    )
 
 
 def refuse_output_overrides(hydra_overrides: list[str]) -> None:

@@ -7,6 +7,8 @@ by its owners, and every command-line override read by the run it configures.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from typing import Any
@@ -68,3 +70,18 @@ def refuse_unread(overrides: Iterable[str], unread: Mapping[str, str]) -> None:
             path = ".".join(parts[:depth])
             if path in unread:
                 raise ConfigError(f"the override {describe(line)} changes nothing: {unread[path]}")
+
+
+# Up to this many points of a search are checked together; beyond, one value at a time.
+CHECKED_POINTS = 64
+
+
+def points_to_check(values: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The points that check a search space over keys with these ``values`` before its
+    first run: every combination (values of one key may need values of another, as
+    ``perception.kernel_size`` needs a learned ``perception``), or for a larger space each
+    value with the others at their first."""
+    if math.prod(len(v) for v in values) <= CHECKED_POINTS:
+        return list(itertools.product(*values))
+    first = tuple(v[0] for v in values)
+    return [(*first[:i], x, *first[i + 1 :]) for i, v in enumerate(values) for x in v]
