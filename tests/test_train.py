@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
+import typing
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -13,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.config import (
+    ConfigError,
+    LoggerConfig,
+    ModelConfig,
+    TrainerConfig,
+    compose,
+    parse_run_config,
+)
 from nca_cli.engine.nca import build_nca
 from nca_cli.tasks import available_tasks, task_class
 from nca_cli.training.checkpoint import CheckpointError, load_checkpoint
@@ -110,6 +119,28 @@ def test_every_shortcut_reaches_the_built_run_of_every_preset(
         assert read(base) != expected[key], key  # a change, whatever the preset says
     trainer = Trainer(compose([*chosen, *(f"{k}={v}" for k, v in values.items())]), tmp_path)
     assert {key: read(trainer) for key, (_, read) in SHORTCUT_VALUES.items()} == expected
+
+
+def unset_fields(node: dict[str, Any], schema: type, where: str) -> list[str]:
+    """Fields of ``schema`` (and of its sections) that ``node`` leaves to their defaults."""
+    hints = typing.get_type_hints(schema)
+    found = []
+    for f in dataclasses.fields(schema):
+        if f.name not in node:
+            found.append(f"{where}.{f.name}")
+        elif dataclasses.is_dataclass(hints[f.name]):
+            found += unset_fields(node[f.name], hints[f.name], f"{where}.{f.name}")
+    return found
+
+
+@pytest.mark.parametrize(("group", "option"), presets())
+def test_every_preset_spells_out_the_model_trainer_and_logger(group: str, option: str) -> None:
+    # A field left to its dataclass default cannot be overridden on the command line (Hydra
+    # refuses a key the config lacks) and hides what runs from `--cfg job`.
+    config = compose([*task_choosing(group, option), f"{group}={option}"])
+    for section, schema in (("model", ModelConfig), ("trainer", TrainerConfig)):
+        assert unset_fields(config[section], schema, section) == []
+    assert unset_fields(config["logger"], LoggerConfig, "logger") == []
 
 
 def test_distill_model_is_the_published_8336_parameters() -> None:
