@@ -147,3 +147,10 @@ def test_an_override_that_changes_nothing_is_refused(tmp_path: Path) -> None:
         assert f"the override '{override}' changes nothing: {reason}" in out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_multirun_checks_every_job_before_the_first(tmp_path: Path) -> None:
+    folder = tmp_path / "multirun"
+    out = nca("train", "-m", "fire_rate=0.3,abc", *SMOKE, f"hydra.sweep.dir={folder}", cwd=tmp_path)
+    assert out.returncode == 2 and "'fire_rate' (model.fire_rate): 'abc'" in out.stderr
+    assert "Traceback" not in out.stderr and not folder.exists()

@@ -211,11 +211,16 @@ def check_command_line(argv: list[str]) -> None:
             ) from None
     training = [o for o in parsed if not o.is_hydra_override()]
     fixed = [o.input_line for o in training if not o.is_sweep_override()]
-    swept = [
-        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-        for o in training
-        if o.is_sweep_override()
-    ]
+    swept = []
+    for o in training:
+        if o.is_sweep_override():
+            try:
+                swept.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+            except HydraException as err:  # an interval: only nca sweep samples one
+                raise ConfigError(
+                    f"invalid override {o.input_line!r}: {err}; nca train -m runs lists and "
+                    "ranges, nca sweep samples intervals"
+                ) from None
     for point in points_to_check(swept):  # a multirun's jobs, before the first one
         try:
             config = compose([*fixed, *point])
