@@ -163,7 +163,8 @@ class ModelConfig:
     scales: list[int] = field(default_factory=lambda: [1])
 
     def ignored(self) -> dict[str, str]:
-        """Fields these values leave unread, and why (see :func:`unread_overrides`)."""
+        """Fields these values leave unread, and why (``nca_cli.training.checks.ignored``
+        collects them so that an override of one is refused)."""
         if self.alive_mask:
             return {}
         why = "model.alive_mask is false: every cell lives"
