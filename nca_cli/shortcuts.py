@@ -8,7 +8,7 @@ interpolation to forget), and ``--cfg job`` shows what runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from nca_cli.errors import ConfigError
 
@@ -30,9 +30,10 @@ def _split(arg: str) -> tuple[str, str, str, str]:
     return prefix, key, sep, value
 
 
-def expand(args: Iterable[str]) -> list[str]:
-    """``args`` (command-line overrides; options such as ``-m`` left alone) with shortcut
-    keys spelled out; a shortcut given together with the field it names is refused."""
+def expand(args: Iterable[str], names: Mapping[str, str] = SHORTCUTS) -> list[str]:
+    """``args`` (command-line overrides; options such as ``-m`` left alone) with the
+    shortcut keys of ``names`` spelled out; a shortcut given together with the field it
+    names is refused."""
     out: list[str] = []
     given: dict[str, str] = {}
     for arg in args:
@@ -40,7 +41,7 @@ def expand(args: Iterable[str]) -> list[str]:
         if arg.startswith("-") or not sep:
             out.append(arg)
             continue
-        field = SHORTCUTS.get(key, key)
+        field = names.get(key, key)
         if given.setdefault(field, key) != key:
             raise ConfigError(
                 f"'{given[field]}' and '{key}' name the same field ({field}): give one of them"

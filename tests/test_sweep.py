@@ -75,7 +75,7 @@ def test_search_space_from_preset_and_command_line() -> None:
 
 
 def test_command_line_shorthands_and_multirun() -> None:
-    assert sweep.expand(["fire_rate=0.3,0.5"]) == ["-m", "fire_rate=0.3,0.5"]
+    assert sweep.expand(["fire_rate=0.3,0.5"]) == ["-m", "model.fire_rate=0.3,0.5"]  # a shortcut
     assert sweep.expand(["--cfg", "job", "search=lr"])[0] == "--cfg"
     assert sweep.expand(["study=a", "storage=sqlite:///x.db", "n_jobs=2"]) == [
         "-m",

@@ -22,17 +22,13 @@ OTHER_MODES = {
 
 
 def expand(argv: list[str]) -> list[str]:
-    """Hydra arguments from the command line: shorthands spelled out, ``-m`` added, and
-    ``n_jobs=N`` (N > 1) runs trials in parallel with the joblib launcher unless another
-    launcher is chosen."""
+    """Hydra arguments from the command line: the training shortcuts and the sweeper's
+    shorthands spelled out, ``-m`` added, and ``n_jobs=N`` (N > 1) runs trials in parallel
+    with the joblib launcher unless another launcher is chosen."""
+    out = shortcuts.expand(argv, {**shortcuts.SHORTCUTS, **ALIASES})
     launcher = any(a.startswith("hydra/launcher=") for a in argv)
-    out: list[str] = []
     for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in ALIASES:
-            out.append(arg)
-            continue
-        out.append(f"{ALIASES[key]}={value}")
+        key, _, value = arg.partition("=")
         if key == "n_jobs" and not launcher and value.isdigit() and int(value) > 1:
             out += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={value}"]
     if not any(a.split("=", 1)[0] in OTHER_MODES for a in out):
@@ -84,7 +80,7 @@ def main(argv: list[str]) -> None:
 
     register()
     try:
-        args = expand(shortcuts.expand(argv))
+        args = expand(argv)
     except ConfigError as err:
         print(f"nca sweep: error: {err}", file=sys.stderr)
         sys.exit(2)

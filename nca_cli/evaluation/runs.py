@@ -17,7 +17,7 @@ from nca_cli.shortcuts import expand
 from nca_cli.tasks import task_class
 from nca_cli.tasks.base import Task
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from nca_cli.training.checks import check_config, refuse_unread
+from nca_cli.training.checks import check_config
 
 
 def train_root() -> Path:
@@ -78,10 +78,9 @@ def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> L
     saved = payload.get("config")
     if not isinstance(saved, dict) or not isinstance(payload.get("model"), dict):
         raise EvalError(f"{checkpoint} holds no config or model: not an nca training checkpoint")
-    config = apply_overrides(saved, list(overrides), f"the run of {checkpoint}")
     overrides = expand(overrides)
-    refuse_unread(overrides, UNREAD)
-    run = check_config(config, overrides)
+    config = apply_overrides(saved, overrides, f"the run of {checkpoint}")
+    run = check_config(config, overrides, UNREAD)
     configure_cpu(run.threads)
     task = task_class(str(run.task.get("name", "")))(run)
     nca = build_model(run.model, run.perception, task.layout, task.alive_channel)

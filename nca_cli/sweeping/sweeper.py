@@ -291,6 +291,8 @@ class OptunaSweeper(Sweeper):
         """The training config that ``overrides`` compose, without Hydra's own section."""
         from hydra.errors import HydraException
 
+        from nca_cli.config import resolve
+
         assert self.hydra_context is not None and self.config is not None
         try:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -298,8 +300,6 @@ class OptunaSweeper(Sweeper):
             raise ConfigError(f"{where}: {str(err).strip().splitlines()[0]}") from None
         with read_write(cfg), open_dict(cfg):
             del cfg["hydra"]
-        from nca_cli.config import resolve
-
         return resolve(cfg)
 
     def _sampler_seed(self, study: optuna.Study) -> int:

@@ -17,10 +17,13 @@ from nca_cli.config import ConfigError, RunConfig, config_groups, parse_run_conf
 from nca_cli.shortcuts import describe
 
 
-def check_config(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+def check_config(
+    config: Mapping[str, Any], overrides: Sequence[str] = (), unread: Mapping[str, str] = {}
+) -> RunConfig:
     """Parse ``config`` (a composed training config) as training will, without loading data
     or building the model's weights, and refuse an override in ``overrides`` that it does not
-    read. Raises :class:`ConfigError`."""
+    read; ``unread`` adds paths that the caller does not read (``nca eval`` trains nothing),
+    with the reason. Raises :class:`ConfigError`."""
     from nca_cli.engine.perception import build_perception
     from nca_cli.tasks import task_class
 
@@ -28,8 +31,8 @@ def check_config(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> Ru
     task_config, dataset, loss = task_class(str(run.task.get("name", ""))).parse_sections(run)
     build_perception(run.perception, run.model.channels, run.model.padding)
     sections = {"": run, "task": task_config, "dataset": dataset, "loss": loss}
-    unread = {path: why for where, node in sections.items() for path, why in ignored(node, where)}
-    refuse_unread(overrides, unread)
+    left = {path: why for where, node in sections.items() for path, why in ignored(node, where)}
+    refuse_unread(overrides, {**unread, **left})
     return run
 
 
