@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nca_cli.commands.kfold",
         "k-fold cross-validation of any training config: mean ± std over folds",
     ),
+    "reproduce": (
+        "nca_cli.commands.reproduce",
+        "published tables as commands: train, evaluate, and set ours beside the paper",
+    ),
     "bench": (
         "nca_cli.commands.bench",
         "time training and rollouts of named models; compare with the matmul limit",

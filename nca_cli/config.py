@@ -158,6 +158,9 @@ class ModelConfig:
     padding: str = "zeros"
     update_noise: float = 0.0
     zero_init: bool = True
+    # Initial weights: PyTorch's defaults, or Glorot-uniform weights and zero biases (the
+    # Keras defaults of the TensorFlow notebooks).
+    init: str = "torch"
     # Coarse-to-fine cascade (Med-NCA / NCALab): one NCA per scale, coarsest first; [1] is
     # a single NCA at full resolution.
     scales: list[int] = field(default_factory=lambda: [1])
@@ -194,13 +197,16 @@ class ScheduleConfig:
 
     ``piecewise`` multiplies the rate by ``gamma`` at each of ``milestones`` (the Distill
     recipe: 2e-3 then 2e-4 after 2000); ``cosine`` anneals to ``min_lr`` over the run;
-    ``exponential`` multiplies by ``gamma`` every iteration.
+    ``exponential`` multiplies by ``gamma`` every iteration. ``warmup`` > 0 first raises
+    the rate linearly, lr * i / warmup at iteration i (from 0, as NCAtorch does); the
+    schedule then runs over the remaining iterations (the NCA review's recipes).
     """
 
     name: str = "constant"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     min_lr: float = 0.0
+    warmup: int = 0
 
     def ignored(self) -> dict[str, str]:
         reads = {
@@ -212,6 +218,15 @@ class ScheduleConfig:
             ", ".join(reads) if reads else "the learning rate"
         )
         return {key: why for key in ("milestones", "gamma", "min_lr") if key not in reads}
+
+
+def validate_schedule(cfg: ScheduleConfig, iterations: int) -> None:
+    require(
+        0 <= cfg.warmup <= max(iterations, 0),
+        "trainer.schedule.warmup",
+        cfg.warmup,
+        f"0 (none) or a number of iterations up to trainer.iterations ({iterations})",
+    )
 
 
 @dataclass
@@ -291,6 +306,9 @@ class TrainerConfig:
     bf16: bool = False
     gradient_checkpointing: int = 0
     checkpoint_every: int = 100
+    # Iterations whose checkpoint is also kept as iter_<N>.ckpt (a reproduction evaluates
+    # accuracy against training length from them).
+    snapshots: list[int] = field(default_factory=list)
     log_every: int = 10
     image_every: int = 200
     progress: bool = True
@@ -342,6 +360,7 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     run = parse(cfg, RunConfig, "")
     m, t = run.model, run.trainer
     choice(m.padding, list(PADDINGS), "model.padding")
+    choice(m.init, ["torch", "glorot"], "model.init")
     require(0.0 < m.fire_rate <= 1.0, "model.fire_rate", m.fire_rate, "a number in (0, 1]")
     require(all(h > 0 for h in m.hidden), "model.hidden", m.hidden, "positive layer sizes")
     require(m.update_noise >= 0, "model.update_noise", m.update_noise, "a number >= 0")
@@ -368,9 +387,16 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         ["constant", "piecewise", "cosine", "exponential"],
         "trainer.schedule.name",
     )
+    validate_schedule(t.schedule, t.iterations)
     require(t.grad.accumulate >= 1, "trainer.grad.accumulate", t.grad.accumulate, "an integer >= 1")
     clip = t.grad.clip_norm
     require(clip is None or clip > 0, "trainer.grad.clip_norm", clip, "a positive number or null")
+    require(
+        all(0 < i <= t.iterations for i in t.snapshots),
+        "trainer.snapshots",
+        t.snapshots,
+        f"iterations between 1 and trainer.iterations ({t.iterations})",
+    )
     for key in ("checkpoint_every", "log_every", "image_every"):
         value = getattr(t, key)
         require(value > 0, f"trainer.{key}", value, "a positive integer")

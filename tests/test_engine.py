@@ -798,3 +798,11 @@ def test_layout_slices() -> None:
     assert plain.alpha_channel == 3
     assert plain.visible_slice == slice(0, 4)
     assert ChannelLayout(8, inputs=1, visible=2, alpha=None).alpha_channel is None
+
+
+def test_circular_padding_wider_than_the_grid_names_the_padding() -> None:
+    from nca_cli.engine.perception import pad
+
+    assert pad(torch.zeros(1, 1, 16, 16), 16, "circular").shape[-1] == 48
+    with pytest.raises(ConfigError, match=r"'model.padding': 'circular'.*20 cells.*16x16"):
+        pad(torch.zeros(1, 1, 16, 16), 20, "circular")

@@ -80,6 +80,9 @@ def check_installed(venv: Path, site: Path, workdir: Path) -> None:
     # Only the nca_cli namespace is installed: no generic top-level `tasks` or `conf`.
     assert (site / "nca_cli" / "conf" / "config.yaml").is_file()
     assert list((site / "nca_cli" / "tasks" / "assets" / "emoji").glob("lizard.png"))
+    # nca reproduce reads its reproductions and runs the papers' code from the package
+    assert (site / "nca_cli" / "conf" / "reproduce" / "mnist-notebook.yaml").is_file()
+    assert (site / "nca_cli" / "reproduction" / "original" / "mnist_notebook.py").is_file()
     for source in SOURCES:  # the native operators compile from the installed package
         assert (site / "nca_cli" / "engine" / "native" / source.name).is_file()
     for generic in ("tasks", "conf", "sweeps", "tests"):

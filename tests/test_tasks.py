@@ -313,3 +313,34 @@ def test_shapes_validation_dice_rises_within_a_minute(tmp_path: Path) -> None:
     before = train({**config, "trainer": {**config["trainer"], "iterations": 0}}, tmp_path / "a")
     after = train(config, tmp_path / "b")
     assert after["dice"] > before["dice"] + 0.25, (before["dice"], after["dice"])
+
+
+def test_mnist_review_recipe_state_loss_and_model() -> None:
+    """experiment=mnist_review as NCAtorch builds it: 12 px padding, channel 0 the digit's
+    mask, the grey image in the other 19 channels, MSE over every cell plus overflow."""
+    config = compose(["experiment=mnist_review", "logger=none"])
+    run = parse_run_config(config)
+    task = task_class("mnist")(run)
+    batch = task.fresh(3, torch.Generator().manual_seed(0))
+    state = batch["state"]
+    assert state.shape[-2:] == (52, 52) and not state[..., :12, :].any()
+    grey = task.images[task.rows["train"][:1]]  # the images are padded once, at loading
+    assert grey.shape[-2:] == (52, 52)
+    assert set(state[:, 0].unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(state[:, 0] > 0, state[:, 1] > 0.1)
+    assert torch.equal(state[:, 1:], state[:, 1:2].expand(-1, 19, -1, -1))
+    # MSE over B x 10 x H x W (dead cells' target 0) + mean |v - clamp(v, 0, 1)|
+    votes = task.votes(state)
+    onehot = torch.nn.functional.one_hot(batch["label"], 10).float()[..., None, None]
+    target = onehot * (state[:, :1] > 0.1)
+    expected = ((votes - target) ** 2).flatten(1).mean(1)
+    expected += (votes - votes.clamp(0, 1)).abs().flatten(1).mean(1)
+    torch.testing.assert_close(task.loss(state, batch), expected)
+    nca = build_model(run.model, run.perception, task.layout, task.alive_channel)
+    assert sum(p.numel() for p in nca.parameters()) == 22499
+    x = torch.linspace(-1, 1, 5)
+    torch.testing.assert_close(nca.update.act(x), torch.where(x > 0, x, 0.2 * x))
+    assert run.model.alive_pool and run.model.padding == "circular"
+    t = run.trainer
+    assert (t.batch_size, t.steps.min, t.steps.max, t.grad.clip_norm) == (18, 20, 29, 1.0)
+    assert (t.schedule.name, t.schedule.warmup, t.optimizer.lr) == ("cosine", 5000, 2e-3)

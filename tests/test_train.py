@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import signal
 import typing
@@ -38,11 +39,12 @@ SMOKE = ["trainer=smoke", "logger=none"]
 
 
 def presets() -> list[tuple[str, str]]:
-    """Every (group, option) of the shipped config tree."""
+    """Every (group, option) of the shipped config tree (conf/reproduce holds reproductions,
+    not training presets: tests/test_reproduce.py checks them)."""
     root = resources.files("nca_cli.conf")
     found = []
     for group in root.iterdir():
-        if group.is_dir() and not group.name.startswith("_"):
+        if group.is_dir() and not group.name.startswith("_") and group.name != "reproduce":
             for option in group.iterdir():
                 if option.name.endswith(".yaml"):
                     found.append((group.name, option.name.removesuffix(".yaml")))
@@ -378,3 +380,32 @@ def test_trainer_options_train(tmp_path: Path, options: list[str]) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
     if "exponential" in " ".join(options):
         assert lrs == pytest.approx([2e-3 * 0.5, 2e-3 * 0.25, 2e-3 * 0.125])
+
+
+def test_warmup_rises_linearly_then_the_schedule_runs_over_the_rest() -> None:
+    from nca_cli.config import ScheduleConfig
+    from nca_cli.training.optim import build_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=1.0)
+    sched = build_scheduler(opt, ScheduleConfig(name="cosine", warmup=4), 12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(lrs[:5], [0.0, 0.25, 0.5, 0.75, 1.0], rtol=1e-6)
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:]))  # cosine over the other 8
+    assert lrs[-1] < 0.05
+    with pytest.raises(ConfigError, match=r"trainer.schedule.warmup"):
+        parse_run_config(compose(["trainer.iterations=10", "trainer.schedule.warmup=11"]))
+
+
+def test_snapshots_keep_the_checkpoints_of_their_iterations(tmp_path: Path) -> None:
+    config = compose(["trainer=smoke", "logger=none", "trainer.snapshots=[1,3]"])
+    train(config, tmp_path)
+    for i in (1, 3):
+        assert load_checkpoint(tmp_path / f"iter_{i:06d}.ckpt")["iteration"] == i
+    assert not (tmp_path / "iter_000002.ckpt").exists()
+    with pytest.raises(ConfigError, match=r"trainer.snapshots.*between 1 and"):
+        parse_run_config(compose(["trainer=smoke", "trainer.snapshots=[5]"]))

@@ -183,7 +183,7 @@ def build_nca(
     alive_channel: int | None,
 ) -> NCA:
     """An NCA for ``layout`` from the ``model`` and ``perception`` config sections."""
-    return NCA(
+    nca = NCA(
         layout,
         build_perception(perception, layout.channels, model.padding),
         hidden=list(model.hidden),
@@ -196,3 +196,20 @@ def build_nca(
         update_noise=model.update_noise,
         zero_init=model.zero_init,
     )
+    if model.init == "glorot":
+        glorot_init(nca, keep_zero=model.zero_init)
+    return nca
+
+
+@torch.no_grad()
+def glorot_init(nca: NCA, keep_zero: bool) -> None:
+    """Keras's default initialisation: Glorot-uniform weights (fans over the kernel's
+    receptive field, as Keras counts them) and zero biases, in every convolution and
+    linear layer; the zero-initialised last update layer stays zero (``keep_zero``)."""
+    last = nca.update.layers[-1]
+    for module in nca.modules():
+        if not isinstance(module, nn.Conv2d | nn.Linear) or (keep_zero and module is last):
+            continue
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -26,6 +26,13 @@ def pad(x: Tensor, radius: int, mode: str) -> Tensor:
         return x
     if mode == "zeros":
         return F.pad(x, (radius,) * 4)
+    h, w = x.shape[-2:]
+    if mode in ("circular", "reflect") and radius > min(h, w) - (mode == "reflect"):
+        raise ConfigError(
+            f"invalid value for 'model.padding': {mode!r}; the perception sees {radius} cells "
+            f"away, more than the {h}x{w} grid can wrap or mirror: use a larger grid "
+            "(dataset.size, dataset.padding), a shorter reach, or model.padding=zeros"
+        )
     return F.pad(x, (radius,) * 4, mode=mode)
 
 

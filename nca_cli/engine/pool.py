@@ -19,11 +19,14 @@ class PoolConfig:
     """``size`` 0 trains from fresh seeds every iteration (growing mode). Otherwise each
     batch is drawn from the pool, its ``replace`` highest-loss samples are replaced by fresh
     ones, the next ``mutate`` are handed to the task's mutation, and the ``damage.count``
-    lowest-loss samples are damaged (the Distill persistent and regenerating modes)."""
+    lowest-loss samples are damaged (the Distill persistent and regenerating modes).
+    ``order: random`` skips the ranking: the batch keeps the random order it was drawn in,
+    so the renewed rows are random ones (the self-classifying MNIST notebook)."""
 
     size: int = 0
     replace: int = 1
     mutate: int = 0
+    order: str = "loss"
     damage: DamageConfig = field(default_factory=DamageConfig)
 
     def ignored(self) -> dict[str, str]:
@@ -32,11 +35,20 @@ class PoolConfig:
         why = (
             "task.pool.size is 0: every batch starts from fresh samples (pool_size=N gives a pool)"
         )
-        return dict.fromkeys(("replace", "mutate", "damage"), why)
+        return dict.fromkeys(("replace", "mutate", "order", "damage"), why)
+
+    @property
+    def ranked(self) -> bool:
+        """Whether renewal needs the batch's losses (``order: loss``)."""
+        return self.order == "loss"
+
+
+ORDERS = ("loss", "random")
 
 
 def validate_pool(cfg: PoolConfig, batch_size: int, where: str) -> None:
     require(cfg.size >= 0, f"{where}.size", cfg.size, "an integer >= 0 (0: no pool)")
+    require(cfg.order in ORDERS, f"{where}.order", cfg.order, "one of " + ", ".join(ORDERS))
     if cfg.size == 0:
         return
     require(
@@ -84,19 +96,21 @@ class SamplePool:
 
 def renew(
     batch: Batch,
-    losses: Tensor,
+    losses: Tensor | None,
     cfg: PoolConfig,
     fresh: Callable[[int], Batch],
     mutate: Callable[[Batch], Batch],
     wipe_from: int,
     generator: torch.Generator | None,
 ) -> Batch:
-    """Order a pooled batch by loss (worst first) and renew it as ``cfg`` says.
+    """Order a pooled batch by loss (worst first; ``losses`` None under ``order: random``,
+    which keeps the drawn order) and renew it as ``cfg`` says.
 
     ``wipe_from`` is the first channel damage may wipe: fixed input channels survive.
     """
-    order = torch.argsort(losses, descending=True)
-    batch = {k: v[order] for k, v in batch.items()}
+    if losses is not None:
+        order = torch.argsort(losses, descending=True)
+        batch = {k: v[order] for k, v in batch.items()}
     r, m, d = cfg.replace, cfg.mutate, cfg.damage.count
     if r:
         new = fresh(r)

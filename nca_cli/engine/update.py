@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 
@@ -17,7 +18,8 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
     "tanh": torch.tanh,
     "elu": F.elu,
-    "leaky_relu": F.leaky_relu,
+    "leaky_relu": F.leaky_relu,  # slope 0.01, PyTorch's default
+    "leaky_relu_0.2": functools.partial(F.leaky_relu, negative_slope=0.2),  # NCAtorch's
 }
 
 

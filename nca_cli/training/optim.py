@@ -12,8 +12,10 @@ from torch.optim.lr_scheduler import (
     ConstantLR,
     CosineAnnealingLR,
     ExponentialLR,
+    LambdaLR,
     LRScheduler,
     MultiStepLR,
+    SequentialLR,
 )
 
 from nca_cli.config import GradConfig, OptimizerConfig, ScheduleConfig
@@ -26,6 +28,15 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Opt
 
 
 def build_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, iterations: int) -> LRScheduler:
+    """The schedule ``cfg`` names, after a linear warm-up of ``cfg.warmup`` iterations."""
+    if not cfg.warmup:
+        return _schedule(optimizer, cfg, iterations)
+    warm = LambdaLR(optimizer, lambda i: i / cfg.warmup)
+    rest = _schedule(optimizer, cfg, iterations - cfg.warmup)
+    return SequentialLR(optimizer, [warm, rest], milestones=[cfg.warmup])
+
+
+def _schedule(optimizer: Optimizer, cfg: ScheduleConfig, iterations: int) -> LRScheduler:
     if cfg.name == "piecewise":
         return MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     if cfg.name == "cosine":

@@ -52,6 +52,11 @@ class DivergenceError(RuntimeError):
     """Training produced non-finite numbers or killed every cell."""
 
 
+def snapshot_name(iteration: int) -> str:
+    """The file name of the checkpoint kept at ``iteration`` (``trainer.snapshots``)."""
+    return f"iter_{iteration:06d}.ckpt"
+
+
 def draw_steps(low: int, high: int, generator: torch.Generator) -> int:
     """A rollout length uniform in ``[low, high]``, both ends included."""
     return int(torch.randint(low, high + 1, (1,), generator=generator))
@@ -127,6 +132,12 @@ class Trainer:
         self.saved_iteration = self.iteration
         return path
 
+    def save_snapshot(self) -> Path:
+        """This iteration's checkpoint, kept as ``iter_<N>.ckpt`` beside ``last.ckpt``."""
+        path = self.run_dir / snapshot_name(self.iteration)
+        save_checkpoint(path, self.state_dict())
+        return path
+
     def _to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -136,12 +147,15 @@ class Trainer:
         if self.pool is None:
             return None, self._to_device(self.task.fresh(b, self.generator))
         idx, batch = self.pool.sample(b, self.generator)
-        with torch.no_grad():
-            losses = self.task.rank_loss(batch["state"], batch)
+        pool = self.task.config.pool
+        losses = None
+        if pool.ranked:
+            with torch.no_grad():
+                losses = self.task.rank_loss(batch["state"], batch)
         batch = renew(
             batch,
             losses,
-            self.task.config.pool,
+            pool,
             fresh=lambda n: self._to_device(self.task.fresh(n, self.generator)),
             mutate=lambda part: self.task.mutate(part, self.generator),
             wipe_from=self.task.layout.fixed,
@@ -234,9 +248,11 @@ class Trainer:
         return self.task.evaluate(self._grow, split, t.batch_size, t.steps.max)
 
     def showcase(self) -> Tensor:
-        """Final states of the first validation batch, for pictures."""
+        """Final states of the first validation batch (of training samples when the split
+        holds none back, e.g. ``dataset.val_fraction=0``), for pictures."""
         t = self.run.trainer
-        batch = next(iter(self.task.evaluation_batches("val", t.batch_size)))
+        split = "val" if self.task.has_split("val") else "train"
+        batch = next(iter(self.task.evaluation_batches(split, t.batch_size)))
         return self._grow(batch["state"], t.steps.max)
 
     @torch.no_grad()
@@ -303,6 +319,8 @@ class Trainer:
                     logger.image("batch", grid, step=i)
                 if i % t.checkpoint_every == 0 or i == t.iterations or stop.is_set():
                     self.save()
+                if i in t.snapshots:
+                    self.save_snapshot()
                 check = t.regen_check
                 due = check.enabled and check.every > 0 and i % check.every == 0
                 if due and i < t.iterations and not stop.is_set():
@@ -319,7 +337,7 @@ class Trainer:
     def finish(self, logger: RunLogger, elapsed: float) -> dict[str, float]:
         """Final evaluation, images, GIF and checkpoint artifact."""
         t = self.run.trainer
-        metrics = self.evaluate("val")
+        metrics = self.evaluate("val") if self.task.has_split("val") else {}
         if self.task.has_split("test"):
             metrics.update({f"test/{k}": v for k, v in self.evaluate("test").items()})
         tail = self.history[-10:]

@@ -1,0 +1,1 @@
+"""Reproductions of published tables: specs, runs, the original code, the comparison."""

@@ -1,0 +1,118 @@
+"""A reproduction end to end: plan, train, run the original code, evaluate, tabulate."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nca_cli.reproduction import runner, table
+from nca_cli.reproduction.spec import Reproduction
+
+
+def root(name: str) -> Path:
+    """Where the folders of reproduction ``name`` go: ``$NCA_OUTPUT_DIR/reproduce/<name>``."""
+    return Path(os.environ.get("NCA_OUTPUT_DIR") or "outputs") / "reproduce" / name
+
+
+def latest(name: str) -> Path | None:
+    """The most recent folder of reproduction ``name`` (by its timestamped name)."""
+    folders = sorted(p.parent for p in root(name).glob(f"*/{runner.PLAN_FILE}"))
+    return folders[-1] if folders else None
+
+
+def new_folder(name: str) -> Path:
+    return root(name) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
+def protocol_curves(
+    spec: Reproduction, runs: list[runner.PlannedRun], samples: int | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Per protocol evaluation and run, the primary metric against step (mean over the
+    run's seeds), from the evaluations' caches."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for name, ev in spec.evaluations.items():
+        if ev.kind != "protocol":
+            continue
+        for key in spec.runs:
+            found = [runner.evaluate(r, name, ev, None, samples) for r in runs if r.run == key]
+            done = [f["curve"] for f in found if f is not None and "curve" in f]
+            if done:
+                mean = np.mean([c["mean"] for c in done], axis=0).tolist()
+                curves.setdefault(name, []).append({**done[0], "run": key, "mean": mean})
+    return curves
+
+
+@dataclass
+class Outcome:
+    folder: Path
+    table: Path
+    rows: list[dict[str, Any]]
+    failed: list[str]  # runs that did not finish
+
+
+def reproduce(
+    spec: Reproduction,
+    folder: Path,
+    budget: float = 1.0,
+    extra: list[str] | None = None,
+    jobs: int = 1,
+    samples: int | None = None,
+    original: bool = True,
+    original_python: str | None = None,
+    say: Callable[[str], None] = print,
+) -> Outcome:
+    """Train every run of ``spec`` into ``folder`` (finished runs skipped, interrupted ones
+    resumed), run the original code where the spec has one, evaluate, and write table.md,
+    table.json and the plots. ``samples`` caps every evaluation (smoke tests)."""
+    start = time.perf_counter()
+    runs = runner.plan(spec, folder, budget, list(extra or []), jobs)
+    folder.mkdir(parents=True, exist_ok=True)
+    runner.save_plan(folder, spec, budget, runs)
+    say(f"nca reproduce {spec.name}: {len(runs)} runs in {folder} (budget ×{budget:g})")
+    original_rows, note, later = None, "", None
+    with ThreadPoolExecutor(1) as pool:
+        if spec.original is not None:
+            python, note = runner.original_python(spec, original_python)
+            if not original:
+                note = "not run (--no-original)"
+            elif python is not None:  # beside our runs when more than one job may run
+                seeds = spec.runs[spec.original.run].seeds
+                args = (spec, folder, budget, seeds, python, say)
+                later = pool.submit(runner.run_original, *args) if jobs > 1 else None
+                original_rows = None if jobs > 1 else runner.run_original(*args)
+            if note:
+                say(f"{spec.original.label}: {note}")
+        codes = runner.train_all(runs, jobs, say)
+        if later is not None:
+            original_rows = later.result()
+    failed = [f"{r.run} seed {r.seed}" for r, c in zip(runs, codes, strict=True) if c != 0]
+
+    def measure(row: Any, run: runner.PlannedRun) -> dict[str, Any] | None:
+        return runner.evaluate(run, row.evaluation, spec.evaluations[row.evaluation], row.at,
+                               samples)  # fmt: skip
+
+    rows = table.build_rows(spec, runs, measure, original_rows, note)
+    curves = protocol_curves(spec, runs, samples)
+    train_seconds = sum(runner.train_seconds(r) for r in runs)
+    meta = {
+        "budget": budget,
+        "folder": str(folder),
+        "wall_seconds": time.perf_counter() - start,
+        "train_seconds": train_seconds,
+        "commands": [r.command for r in runs],
+        "failed": failed,
+    }
+    md, _ = table.write_table(folder, spec, rows, meta)
+    label = spec.original.label if spec.original is not None else ""
+    table.plot_training_curves(folder, rows, label)
+    table.plot_protocol_curves(folder, curves)
+    table.image_grid(folder, runs)
+    return Outcome(folder, md, rows, failed)
