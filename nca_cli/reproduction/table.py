@@ -12,7 +12,7 @@ import numpy as np
 
 from nca_cli.atomic import write_text_atomic
 from nca_cli.config import ConfigError
-from nca_cli.reproduction.runner import PlannedRun
+from nca_cli.reproduction.runner import PlannedRun, state
 from nca_cli.reproduction.spec import Reproduction, RowSpec
 
 # (row, planned run) -> the figures of the row's evaluation, or None (not reached, failed)
@@ -26,8 +26,6 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _why_missing(row: RowSpec, runs: list[PlannedRun]) -> str:
-    from nca_cli.reproduction.runner import state
-
     if row.at is not None and runs and row.at > runs[0].iterations:
         return f"not reached: the budget trains {runs[0].iterations} iterations"
     states = {state(r) for r in runs}
