@@ -218,3 +218,33 @@ def test_cli_lists_reproductions_and_names_bad_input() -> None:
     wrong = _nca("mnist-reviews", env={**os.environ})
     out, _ = wrong.communicate(timeout=60)
     assert wrong.returncode == 2 and "unknown reproduction 'mnist-reviews'" in out
+
+
+def test_the_original_codes_figures_stand_beside_ours_at_each_training_length(
+    tmp_path: Path,
+) -> None:
+    spec = specs.load("mnist-notebook")
+    spec.evaluations["test"].at = [1, 2]
+    spec.rows = spec.rows[:2]
+    for row, at in zip(spec.rows, (1, 2), strict=True):
+        row.at = at
+    folder = tmp_path / "notebook"
+    (folder / "original").mkdir(parents=True)
+    rows = [{"iteration": 1, "accuracy_20_30": 11.0}, {"iteration": 2, "accuracy_20_30": 12.5}]
+    (folder / "original" / "seed0.json").write_text(json.dumps(rows))
+    outcome = reproduce(
+        spec,
+        folder,
+        budget=2e-5,
+        extra=["logger=none", *SMOKE["mnist-notebook"]],
+        samples=4,
+        original=False,  # its figures are in the folder already
+    )
+    first, second = outcome.rows
+    assert (first["original"], second["original"]) == (11.0, 12.5)
+    assert first["ours"] is not None and second["ours"] is not None
+    assert second["original_difference"] == pytest.approx(second["ours"] - 12.5)
+    assert "| 12.5 |" in (folder / "table.md").read_text()
+    assert (folder / "curve_notebook_accuracy_20_30.png").is_file()
+    # the snapshot of iteration 1 was kept and measured, not the final state
+    assert (folder / "runs" / "notebook" / "seed0" / "iter_000001.ckpt").is_file()

@@ -50,6 +50,29 @@ def protocol_curves(
     return curves
 
 
+def _original(
+    spec: Reproduction,
+    folder: Path,
+    budget: float,
+    run: bool,
+    python: str | None,
+    say: Callable[[str], None],
+) -> tuple[dict[int, list[dict[str, Any]]] | None, str]:
+    """The original code's rows per seed (run now, or without ``run`` those an earlier
+    run left in ``folder``), and why there are none."""
+    if spec.original is None:
+        return None, ""
+    seeds = spec.runs[spec.original.run].seeds
+    if not run:
+        found = runner.original_results(folder, seeds)
+        return (found, "") if found else (None, "not run (--no-original)")
+    exe, why = runner.original_python(spec, python)
+    if exe is None:
+        say(f"{spec.original.label}: {why}")
+        return None, why
+    return runner.run_original(spec, folder, budget, seeds, exe, say), ""
+
+
 @dataclass
 class Outcome:
     folder: Path
@@ -77,29 +100,20 @@ def reproduce(
     folder.mkdir(parents=True, exist_ok=True)
     runner.save_plan(folder, spec, budget, runs)
     say(f"nca reproduce {spec.name}: {len(runs)} runs in {folder} (budget ×{budget:g})")
-    original_rows, note, later = None, "", None
     with ThreadPoolExecutor(1) as pool:
-        if spec.original is not None:
-            python, note = runner.original_python(spec, original_python)
-            if not original:
-                note = "not run (--no-original)"
-            elif python is not None:  # beside our runs when more than one job may run
-                seeds = spec.runs[spec.original.run].seeds
-                args = (spec, folder, budget, seeds, python, say)
-                later = pool.submit(runner.run_original, *args) if jobs > 1 else None
-                original_rows = None if jobs > 1 else runner.run_original(*args)
-            if note:
-                say(f"{spec.original.label}: {note}")
+        # the original code runs beside our runs when more than one job may run
+        later = pool.submit(_original, spec, folder, budget, original, original_python, say)
+        if jobs <= 1:
+            later.result()
         codes = runner.train_all(runs, jobs, say)
-        if later is not None:
-            original_rows = later.result()
+    rows_by_seed, note = later.result()
     failed = [f"{r.run} seed {r.seed}" for r, c in zip(runs, codes, strict=True) if c != 0]
 
     def measure(row: Any, run: runner.PlannedRun) -> dict[str, Any] | None:
         return runner.evaluate(run, row.evaluation, spec.evaluations[row.evaluation], row.at,
                                samples)  # fmt: skip
 
-    rows = table.build_rows(spec, runs, measure, original_rows, note)
+    rows = table.build_rows(spec, runs, measure, rows_by_seed, note)
     curves = protocol_curves(spec, runs, samples)
     train_seconds = sum(runner.train_seconds(r) for r in runs)
     meta = {

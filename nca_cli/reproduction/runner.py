@@ -380,6 +380,16 @@ def original_python(spec: Reproduction, python: str | None) -> tuple[str | None,
     return exe, ""
 
 
+def original_results(folder: Path, seeds: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The original code's rows already in ``folder`` (a finished or cut-short run)."""
+    out = {}
+    for seed in seeds:
+        path = folder / "original" / f"seed{seed}.json"
+        if path.is_file():
+            out[seed] = json.loads(path.read_text())
+    return out
+
+
 def run_original(
     spec: Reproduction,
     folder: Path,
