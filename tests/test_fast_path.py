@@ -322,6 +322,36 @@ def test_gradient_checkpointing_changes_no_gradient() -> None:
     assert_same(run(nca, x0, 7, fast=False, checkpoint_every=3), plain)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect", "replicate"])
+@pytest.mark.parametrize("perception", ["sobel-laplacian", "conv", "dilated", "multi", "residual"])
+def test_perception_at_cells_is_the_grid_perception_at_those_cells(
+    perception: str, padding: str
+) -> None:
+    """The fused step perceives only the cells whose update it uses (corners, borders and
+    the second grid here): the same features as the whole grid's at those cells."""
+    p = build_perception(PERCEPTIONS[perception], 8, padding).double()
+    x = state()
+    grid = p(x).permute(0, 2, 3, 1).reshape(-1, p.out_features)
+    cells = torch.tensor([0, 6, 31, 62, 63, 100, 125])
+    at_cells = p.at_cells(x, cells)
+    assert at_cells is not None
+    torch.testing.assert_close(at_cells, grid[cells])
+    torch.testing.assert_close(p.at_cells(x, None), grid)
+
+
+def test_a_perception_without_cell_features_is_perceived_on_the_grid() -> None:
+    """Attention has no per-cell form: the fused step perceives the whole grid, and a
+    combination that holds it does too."""
+    attention = build_perception(PERCEPTIONS["attention"], 8, "zeros")
+    both = build_perception(
+        {"kind": "multi", "components": [CONV3, PERCEPTIONS["attention"]]}, 8, "zeros"
+    )
+    x = state().float()
+    assert attention.at_cells(x, None) is None and both.at_cells(x, None) is None
+    nca = make_nca({"kind": "multi", "components": [CONV3, PERCEPTIONS["attention"]]})
+    assert_same(run(nca, state(), 3, fast=True), run(nca, state(), 3, fast=False))
+
+
 def test_fused_step_stores_the_selected_feature_rows_only() -> None:
     """The backward pass keeps the selected feature rows (three features per channel, about
     half the cells firing: 1.5 states), the selected rows and the dead cells: no hidden

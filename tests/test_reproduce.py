@@ -161,6 +161,27 @@ def test_reproduce_at_a_smoke_size_writes_the_table_with_every_row(
         assert all("original" in e for e in saved["rows"])
 
 
+def test_runs_trains_the_named_runs_and_the_table_keeps_earlier_ones(tmp_path: Path) -> None:
+    """``--runs mse`` trains the MSE run alone (the others' rows say they have not
+    started); a later ``--runs cross_entropy`` in the same folder fills the table."""
+    spec = specs.load("mnist-review")
+    for ev in spec.evaluations.values():
+        ev.steps = ev.steps.__class__(**SHORT_PROTOCOL)
+    folder = tmp_path / "review"
+    extra = ["logger=none", *SMOKE["mnist-review"]]
+    first = reproduce(spec, folder, 2e-5, extra, samples=2, only=["mse"])
+    ce = [row for row in first.rows if row["run"] == "cross_entropy"]
+    assert all(row["ours"] is None and "not started" in row["note"] for row in ce), ce
+    assert all(row["ours"] is not None for row in first.rows if row["run"] == "mse")
+    assert not (folder / "runs" / "cross_entropy").exists()
+    stamp = (folder / "runs" / "mse" / "seed0" / "metrics.json").stat().st_mtime_ns
+    second = reproduce(spec, folder, 2e-5, extra, samples=2, only=["cross_entropy"])
+    assert all(row["ours"] is not None for row in second.rows)
+    assert (folder / "runs" / "mse" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="--runs"):
+        reproduce(spec, folder, 2e-5, extra, only=["mse", "nope"])
+
+
 def _nca(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "nca_cli", "reproduce", *args],

@@ -27,6 +27,7 @@ examples:
   nca reproduce mnist-notebook --budget 0.1     10% of every recipe's iterations
   nca reproduce review-table1 --jobs 2          two runs at a time
   nca reproduce mnist-review --resume           continue the latest mnist-review folder
+  nca reproduce mnist-review --runs mse         the MSE run only (the others can follow)
   nca reproduce distill --dir outputs/reproduce/distill/<stamp>
   nca reproduce mnist-review device=cuda        key=value overrides go to every run
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, metavar="N", help="runs trained at a time (default 1)"
     )
     p.add_argument(
+        "--runs",
+        metavar="NAME[,NAME]",
+        help="train and evaluate only these runs of the reproduction (default: all); the "
+        "table keeps the rows of runs finished earlier in the folder",
+    )
+    p.add_argument(
         "--samples",
         type=int,
         metavar="N",
@@ -90,9 +97,8 @@ def list_reproductions() -> None:
     for name in names():
         spec = load(name)
         runs = sum(len(r.seeds) for r in spec.runs.values())
-        print(
-            f"{name:<16} {spec.title} ({runs} runs, {len(spec.rows)} rows)\n{'':<17}{spec.source}"
-        )
+        counts = f"{runs} run{'s' * (runs != 1)}, {len(spec.rows)} rows"
+        print(f"{name:<16} {spec.title} ({counts})\n{'':<17}{spec.source}")
 
 
 def main(argv: list[str]) -> None:
@@ -135,6 +141,7 @@ def main(argv: list[str]) -> None:
             samples=args.samples,
             original=not args.no_original,
             original_python=args.original_python,
+            only=args.runs.split(",") if args.runs else None,
         )
     except (ConfigError, DataError, HydraException) as err:
         print(f"nca reproduce: error: {err}", file=sys.stderr)

@@ -13,6 +13,9 @@ float64, equal up to rounding) and differ in how:
   and recomputes the hidden activations (they would take 3x the memory). For learned cheap
   perceptions (depthwise convolutions) it stores the input state instead and recomputes the
   features; costly ones (learned dense convolutions) autograd runs itself.
+- a perception with a per-cell form (convolutions, Sobel: ``Perception.at_cells``) is
+  computed at the selected cells only, from their gathered neighbourhoods, forward and
+  backward; others on the whole grid.
 - the Sobel perception (zero padding) is computed per filter, the identity for free, with a
   hand-written adjoint; the first layer's columns are permuted to this filter-major order.
   Storing its feature rows (about 1.5 states per step at fire rate 0.5) instead of the state
@@ -278,20 +281,28 @@ class StepPlan:
         noise: Tensor | None,
         features: Tensor | None = None,
         arena: SavedArena | None = None,
+        selection: tuple[Tensor | None, ...] | None = None,
     ) -> tuple[Tensor, Saved]:
         """One step from ``x`` (channels-last) with fire mask ``fire`` (bool): the new
         state and what the backward pass needs (in ``arena`` when given, but for ``x``
         and the given ``features``). ``features`` are the perceived features when autograd
-        owns the perception."""
+        owns the perception: ``(B, F, H, W)``, or ``(n, F)`` at the cells ``selection``
+        selects (:meth:`_select`'s, made once by the caller when given)."""
         nca, fixed = self.nca, self.fixed
         b, c, h, w = x.shape
-        pre, idx, inv = self._select(x, fire)
+        pre, idx, inv = self._select(x, fire) if selection is None else selection
         if self.perm is not None:
             f_rows = self._sobel_rows(x, idx, arena)
+        elif features is not None and features.dim() == 2:
+            f_rows = features  # perceived at the selected cells only
         else:
-            f_rows = rows(nca.perception(x) if features is None else features)
-            if idx is not None:
-                f_rows = f_rows.index_select(0, idx)
+            at_cells = nca.perception.at_cells(x, idx) if features is None else None
+            if at_cells is not None:
+                f_rows = at_cells
+            else:
+                f_rows = rows(nca.perception(x) if features is None else features)
+                if idx is not None:
+                    f_rows = f_rows.index_select(0, idx)
         n = b * h * w if idx is None else idx.numel()
         padded, dx = _padded_rows(n, self.layers[-1].out_features, x, idx is not None)
         self._mlp_forward(f_rows, dx)
@@ -327,11 +338,13 @@ class StepPlan:
         grads: list[Tensor | None],
         need_x: bool,
         need_features: bool = False,
+        feature_rows: bool = False,
     ) -> tuple[Tensor | None, Tensor | None]:
         """The backward pass of one step: accumulates the parameter gradients into
         ``grads`` (MLP, then the recomputed perception's parameters) and returns the
         gradients of the input state (if ``need_x``) and of the given features (if
-        ``need_features``; autograd-owned perceptions)."""
+        ``need_features``; autograd-owned perceptions), as the selected rows when the
+        features were given as rows (``feature_rows``)."""
         data, idx, inv, dead = saved
         assert data is not None
         nca, fixed = self.nca, self.fixed
@@ -377,6 +390,8 @@ class StepPlan:
         if self.perm is not None:  # the Sobel adjoint
             self._sobel_adjoint(padded, idx, inv, grad_x)
             return grad_state, None
+        if feature_rows:
+            return grad_state, grad_f_rows
         grad_f = _scatter(padded, inv).view(b, h, w, -1).permute(0, 3, 1, 2)
         if not self.recompute:
             return grad_state, grad_f
@@ -418,9 +433,10 @@ class StepPlan:
 
 
 class FusedStep(torch.autograd.Function):
-    """One NCA step of a costly perception, from ``x`` and its perceived ``features``:
-    autograd owns the perception and its backward (a recomputation would cost more than
-    it saves), this function the rest; ``params`` are the MLP's."""
+    """One NCA step of a costly perception, from ``x`` and its perceived ``features``
+    (of every cell, or the rows of the cells that ``selection`` selects): autograd owns the
+    perception and its backward (a recomputation would cost more than it saves), this
+    function the rest; ``params`` are the MLP's."""
 
     @staticmethod
     def forward(
@@ -430,21 +446,24 @@ class FusedStep(torch.autograd.Function):
         features: Tensor,
         fire: Tensor | None,
         noise: Tensor | None,
+        selection: tuple[Tensor | None, ...] | None,
         *params: Tensor,
     ) -> Tensor:
-        select = None if fire is None else fire > 0
-        y, saved = plan.forward(x, select, noise, features)
+        y, saved = plan.forward(x, fire, noise, features, selection=selection)
         ctx.plan = plan
+        ctx.feature_rows = features.dim() == 2
         ctx.save_for_backward(*saved)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         plan: StepPlan = ctx.plan
-        grads = plan.grad_buffers(ctx.needs_input_grad[5:])
+        grads = plan.grad_buffers(ctx.needs_input_grad[6:])
         need_x, need_f = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_x, grad_f = plan.backward(ctx.saved_tensors, grad_y, grads, need_x, need_f)
-        return (None, grad_x, grad_f, None, None, *plan.finish(grads))
+        grad_x, grad_f = plan.backward(
+            ctx.saved_tensors, grad_y, grads, need_x, need_f, ctx.feature_rows
+        )
+        return (None, grad_x, grad_f, None, None, None, *plan.finish(grads))
 
 
 class ChunkPool:
@@ -635,7 +654,12 @@ def fused_step(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None) -
         return y
     plan = StepPlan(nca, recompute=False)
     x = x.contiguous(memory_format=torch.channels_last)
-    return FusedStep.apply(plan, x, nca.perception(x), fire, noise, *plan.params())
+    select = None if fire is None else fire > 0
+    selection = plan._select(x, select)
+    features = nca.perception.at_cells(x, selection[1])
+    if features is None:  # perceived on the whole grid; the step selects the rows
+        features = nca.perception(x)
+    return FusedStep.apply(plan, x, features, select, noise, selection, *plan.params())
 
 
 def fused_rollout(

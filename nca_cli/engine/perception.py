@@ -76,6 +76,37 @@ class Perception(nn.Module):
     out_features: int
     radius: int
 
+    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+        """The features of ``x`` at the flat cells ``cells`` (``(b * H + y) * W + x``; all
+        when None) as ``(n, out_features)`` rows, or None where only the whole grid is
+        computed. The fused step perceives only the cells whose update it uses."""
+        return None
+
+
+def _cell_rows(x: Tensor) -> Tensor:
+    """A ``(B, C, H, W)`` tensor as ``(B*H*W, C)`` rows."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def neighbourhoods(
+    x: Tensor, cells: Tensor | None, size: int, dilation: int, padding: str
+) -> Tensor:
+    """The ``size`` x ``size`` neighbourhoods (taps ``dilation`` apart, the border as
+    ``padding``) of the flat cells ``cells`` of ``x`` (all when None): ``(n, size**2, C)``,
+    taps row-major."""
+    b, c, h, w = x.shape
+    r = dilation * (size - 1) // 2
+    wide = w + 2 * r
+    if cells is None:
+        cells = torch.arange(b * h * w, device=x.device)
+    grid, cell = cells.div(h * w, rounding_mode="floor"), cells.remainder(h * w)
+    y, col = cell.div(w, rounding_mode="floor"), cell.remainder(w)
+    corner = (grid * (h + 2 * r) + y) * wide + col  # the neighbourhood's top-left cell
+    taps = torch.arange(size, device=x.device) * dilation
+    offsets = (taps[:, None] * wide + taps[None, :]).reshape(1, -1)
+    where = (corner[:, None] + offsets).reshape(-1)
+    return _cell_rows(pad(x, r, padding)).index_select(0, where).view(len(cells), size**2, c)
+
 
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
 LAPLACIAN = torch.tensor([[1.0, 2.0, 1.0], [2.0, -12.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
@@ -118,6 +149,11 @@ class SobelPerception(Perception):
 
     def forward(self, x: Tensor) -> Tensor:
         return depthwise_conv(x, self.kernel, None, 1, 1, self.padding)
+
+    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+        patches = neighbourhoods(x, cells, 3, 1, self.padding)
+        filters = self.kernel[: self.out_features // self.channels, 0].flatten(1)
+        return torch.einsum("ntc,ft->ncf", patches, filters).flatten(1)
 
 
 @dataclass
@@ -179,6 +215,21 @@ class ConvPerception(Perception):
             y = self.conv(pad(x, self.radius, self.padding))
         return self.activation(y) if self.activation is not None else y
 
+    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+        """The convolution at ``cells`` as a product with their gathered neighbourhoods,
+        so that a cell whose update is not used costs nothing, forward and backward."""
+        conv = self.conv
+        k, c = conv.kernel_size[0], x.shape[1]
+        patches = neighbourhoods(x, cells, k, conv.dilation[0], self.padding)
+        if conv.groups == 1:
+            kernel = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+            out = F.linear(patches.flatten(1), kernel, conv.bias)
+        else:  # depthwise: each channel's filters on its own taps
+            kernel = conv.weight.view(c, -1, k * k)
+            out = torch.einsum("ntc,cft->ncf", patches, kernel).flatten(1)
+            out = out if conv.bias is None else out + conv.bias
+        return self.activation(out) if self.activation is not None else out
+
 
 class ResidualPerception(Perception):
     """The cell's own state concatenated with a learned convolution of its neighbourhood."""
@@ -191,6 +242,13 @@ class ResidualPerception(Perception):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([x, self.conv(x)], dim=1)
+
+    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+        conv = self.conv.at_cells(x, cells)
+        if conv is None:
+            return None
+        own = _cell_rows(x)
+        return torch.cat([own if cells is None else own.index_select(0, cells), conv], dim=1)
 
 
 @dataclass
@@ -214,6 +272,15 @@ class MultiPerception(Perception):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([p(x) for p in self.parts], dim=1)
+
+    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+        parts = []
+        for perception in self.parts:
+            part = perception.at_cells(x, cells)
+            if part is None:
+                return None
+            parts.append(part)
+        return torch.cat(parts, dim=1)
 
 
 def perception_flops(perception: nn.Module) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from nca_cli.config import choice
 from nca_cli.reproduction import runner, table
 from nca_cli.reproduction.spec import Reproduction
 
@@ -65,7 +66,7 @@ def _original(
     seeds = spec.runs[spec.original.run].seeds
     if not run:
         found = runner.original_results(folder, seeds)
-        return (found, "") if found else (None, "not run (--no-original)")
+        return (found, "") if found else (None, "not run (--no-original, or its run not in --runs)")
     exe, why = runner.original_python(spec, python)
     if exe is None:
         say(f"{spec.original.label}: {why}")
@@ -90,24 +91,33 @@ def reproduce(
     samples: int | None = None,
     original: bool = True,
     original_python: str | None = None,
+    only: list[str] | None = None,
     say: Callable[[str], None] = print,
 ) -> Outcome:
-    """Train every run of ``spec`` into ``folder`` (finished runs skipped, interrupted ones
-    resumed), run the original code where the spec has one, evaluate, and write table.md,
-    table.json and the plots. ``samples`` caps every evaluation (smoke tests)."""
+    """Train every run of ``spec`` (or those named in ``only``) into ``folder`` (finished
+    runs skipped, interrupted ones resumed), run the original code where the spec has one,
+    evaluate, and write table.md, table.json and the plots; the rows of runs not trained
+    yet say so. ``samples`` caps every evaluation (smoke tests)."""
     start = time.perf_counter()
+    for key in only or []:
+        choice(key, list(spec.runs), "--runs")
     runs = runner.plan(spec, folder, budget, list(extra or []), jobs)
     folder.mkdir(parents=True, exist_ok=True)
     runner.save_plan(folder, spec, budget, runs)
-    say(f"nca reproduce {spec.name}: {len(runs)} runs in {folder} (budget ×{budget:g})")
+    chosen = [r for r in runs if only is None or r.run in only]
+    say(f"nca reproduce {spec.name}: {len(chosen)} of {len(runs)} runs in {folder} "
+        f"(budget ×{budget:g})")  # fmt: skip
+    with_original = original and (
+        only is None or spec.original is None or spec.original.run in only
+    )
     with ThreadPoolExecutor(1) as pool:
         # the original code runs beside our runs when more than one job may run
-        later = pool.submit(_original, spec, folder, budget, original, original_python, say)
+        later = pool.submit(_original, spec, folder, budget, with_original, original_python, say)
         if jobs <= 1:
             later.result()
-        codes = runner.train_all(runs, jobs, say)
+        codes = runner.train_all(chosen, jobs, say)
     rows_by_seed, note = later.result()
-    failed = [f"{r.run} seed {r.seed}" for r, c in zip(runs, codes, strict=True) if c != 0]
+    failed = [f"{r.run} seed {r.seed}" for r, c in zip(chosen, codes, strict=True) if c != 0]
 
     def measure(row: Any, run: runner.PlannedRun) -> dict[str, Any] | None:
         return runner.evaluate(run, row.evaluation, spec.evaluations[row.evaluation], row.at,
