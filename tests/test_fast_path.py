@@ -336,7 +336,37 @@ def test_perception_at_cells_is_the_grid_perception_at_those_cells(
     at_cells = p.at_cells(x, cells)
     assert at_cells is not None
     torch.testing.assert_close(at_cells, grid[cells])
-    torch.testing.assert_close(p.at_cells(x, None), grid)
+    torch.testing.assert_close(p.at_cells(x, torch.arange(len(grid))), grid)
+
+
+@pytest.mark.parametrize(
+    ("perception", "options"),
+    [
+        ("conv", {}),
+        ("conv", {"padding": "circular", "update_noise": 0.1}),
+        ("dilated", {"padding": "reflect"}),
+        ("multi", {"fire_rate": 1.0}),
+        ("residual", {"alive_pool": False}),
+    ],
+)
+def test_few_living_cells_are_perceived_at_their_cells_with_the_reference_values(
+    perception: str, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where few cells can live, the fused step gathers their neighbourhoods instead of
+    convolving the grid: the reference step's states and gradients all the same."""
+    nca = make_nca(PERCEPTIONS[perception], **options)
+    perceive = type(nca.perception)
+    at_cells = perceive.at_cells
+    calls: list[int] = []
+
+    def counted(self: Any, x: Tensor, cells: Tensor) -> Tensor | None:
+        calls.append(len(cells))
+        return at_cells(self, x, cells)
+
+    monkeypatch.setattr(perceive, "at_cells", counted)
+    x0 = state(dead=0.98)
+    assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
+    assert calls, "the fused step perceived the whole grid"
 
 
 def test_a_perception_without_cell_features_is_perceived_on_the_grid() -> None:
@@ -347,7 +377,8 @@ def test_a_perception_without_cell_features_is_perceived_on_the_grid() -> None:
         {"kind": "multi", "components": [CONV3, PERCEPTIONS["attention"]]}, 8, "zeros"
     )
     x = state().float()
-    assert attention.at_cells(x, None) is None and both.at_cells(x, None) is None
+    cells = torch.arange(5)
+    assert attention.at_cells(x, cells) is None and both.at_cells(x, cells) is None
     nca = make_nca({"kind": "multi", "components": [CONV3, PERCEPTIONS["attention"]]})
     assert_same(run(nca, state(), 3, fast=True), run(nca, state(), 3, fast=False))
 

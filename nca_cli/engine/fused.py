@@ -15,7 +15,7 @@ float64, equal up to rounding) and differ in how:
   features; costly ones (learned dense convolutions) autograd runs itself.
 - a perception with a per-cell form (convolutions, Sobel: ``Perception.at_cells``) is
   computed at the selected cells only, from their gathered neighbourhoods, forward and
-  backward; others on the whole grid.
+  backward, when they are few (``GATHER_SHARE``); else on the whole grid.
 - the Sobel perception (zero padding) is computed per filter, the identity for free, with a
   hand-written adjoint; the first layer's columns are permuted to this filter-major order.
   Storing its feature rows (about 1.5 states per step at fire rate 0.5) instead of the state
@@ -56,6 +56,12 @@ Saved = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
 SAVED = 4
 
 
+# Up to this share of the grid's cells selected, the perception gathers the neighbourhoods
+# of the selected cells; with more, a convolution of the whole grid is faster (the README's
+# benchmark section has the A/B).
+GATHER_SHARE = 0.2
+
+
 def rows(t: Tensor) -> Tensor:
     """A ``(B, C, H, W)`` tensor as ``(B*H*W, C)`` rows, a view when it is channels-last."""
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
@@ -67,6 +73,14 @@ def block_rows(nca: NCA) -> int:
     through memory."""
     widest = max(layer.out_features for layer in nca.update.layers)
     return max(256, 2**18 // widest)
+
+
+def _perceive_selected(nca: NCA, x: Tensor, idx: Tensor | None) -> Tensor | None:
+    """The perception's feature rows at the selected cells ``idx`` where few are selected
+    and the perception has a per-cell form, else None (the whole grid is perceived)."""
+    if idx is None or idx.numel() > GATHER_SHARE * x.numel() // x.shape[1]:
+        return None
+    return nca.perception.at_cells(x, idx)
 
 
 def _dilate(nca: NCA, mask: Tensor) -> Tensor:
@@ -296,9 +310,9 @@ class StepPlan:
         elif features is not None and features.dim() == 2:
             f_rows = features  # perceived at the selected cells only
         else:
-            at_cells = nca.perception.at_cells(x, idx) if features is None else None
-            if at_cells is not None:
-                f_rows = at_cells
+            selected = _perceive_selected(nca, x, idx) if features is None else None
+            if selected is not None:
+                f_rows = selected
             else:
                 f_rows = rows(nca.perception(x) if features is None else features)
                 if idx is not None:
@@ -656,7 +670,7 @@ def fused_step(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None) -
     x = x.contiguous(memory_format=torch.channels_last)
     select = None if fire is None else fire > 0
     selection = plan._select(x, select)
-    features = nca.perception.at_cells(x, selection[1])
+    features = _perceive_selected(nca, x, selection[1])
     if features is None:  # perceived on the whole grid; the step selects the rows
         features = nca.perception(x)
     return FusedStep.apply(plan, x, features, select, noise, selection, *plan.params())

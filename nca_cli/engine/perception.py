@@ -76,10 +76,10 @@ class Perception(nn.Module):
     out_features: int
     radius: int
 
-    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
-        """The features of ``x`` at the flat cells ``cells`` (``(b * H + y) * W + x``; all
-        when None) as ``(n, out_features)`` rows, or None where only the whole grid is
-        computed. The fused step perceives only the cells whose update it uses."""
+    def at_cells(self, x: Tensor, cells: Tensor) -> Tensor | None:
+        """The features of ``x`` at the flat cells ``cells`` (``(b * H + y) * W + x``) as
+        ``(n, out_features)`` rows, or None where only the whole grid is computed. The
+        fused step perceives only the cells whose update it uses, when they are few."""
         return None
 
 
@@ -88,17 +88,12 @@ def _cell_rows(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def neighbourhoods(
-    x: Tensor, cells: Tensor | None, size: int, dilation: int, padding: str
-) -> Tensor:
+def neighbourhoods(x: Tensor, cells: Tensor, size: int, dilation: int, padding: str) -> Tensor:
     """The ``size`` x ``size`` neighbourhoods (taps ``dilation`` apart, the border as
-    ``padding``) of the flat cells ``cells`` of ``x`` (all when None): ``(n, size**2, C)``,
-    taps row-major."""
-    b, c, h, w = x.shape
+    ``padding``) of the flat cells ``cells`` of ``x``: ``(n, size**2, C)``, taps row-major."""
+    _, c, h, w = x.shape
     r = dilation * (size - 1) // 2
     wide = w + 2 * r
-    if cells is None:
-        cells = torch.arange(b * h * w, device=x.device)
     grid, cell = cells.div(h * w, rounding_mode="floor"), cells.remainder(h * w)
     y, col = cell.div(w, rounding_mode="floor"), cell.remainder(w)
     corner = (grid * (h + 2 * r) + y) * wide + col  # the neighbourhood's top-left cell
@@ -150,7 +145,7 @@ class SobelPerception(Perception):
     def forward(self, x: Tensor) -> Tensor:
         return depthwise_conv(x, self.kernel, None, 1, 1, self.padding)
 
-    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+    def at_cells(self, x: Tensor, cells: Tensor) -> Tensor | None:
         patches = neighbourhoods(x, cells, 3, 1, self.padding)
         filters = self.kernel[: self.out_features // self.channels, 0].flatten(1)
         return torch.einsum("ntc,ft->ncf", patches, filters).flatten(1)
@@ -215,7 +210,7 @@ class ConvPerception(Perception):
             y = self.conv(pad(x, self.radius, self.padding))
         return self.activation(y) if self.activation is not None else y
 
-    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+    def at_cells(self, x: Tensor, cells: Tensor) -> Tensor | None:
         """The convolution at ``cells`` as a product with their gathered neighbourhoods,
         so that a cell whose update is not used costs nothing, forward and backward."""
         conv = self.conv
@@ -243,12 +238,11 @@ class ResidualPerception(Perception):
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([x, self.conv(x)], dim=1)
 
-    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+    def at_cells(self, x: Tensor, cells: Tensor) -> Tensor | None:
         conv = self.conv.at_cells(x, cells)
         if conv is None:
             return None
-        own = _cell_rows(x)
-        return torch.cat([own if cells is None else own.index_select(0, cells), conv], dim=1)
+        return torch.cat([_cell_rows(x).index_select(0, cells), conv], dim=1)
 
 
 @dataclass
@@ -273,7 +267,7 @@ class MultiPerception(Perception):
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([p(x) for p in self.parts], dim=1)
 
-    def at_cells(self, x: Tensor, cells: Tensor | None) -> Tensor | None:
+    def at_cells(self, x: Tensor, cells: Tensor) -> Tensor | None:
         parts = []
         for perception in self.parts:
             part = perception.at_cells(x, cells)
