@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,79 @@ def test_evaluation_pools_the_cells_of_every_test_digit(notebook: tuple[MNISTTas
     expected = float((ink * threes).sum() / ink.sum())
     assert 0 < expected != pytest.approx(float(threes.mean()))  # not the mean over digits
     assert figures["accuracy_20_30"] == pytest.approx(expected)
+
+
+def test_a_training_rollout_is_the_notebooks_tensorflow_code(
+    notebook: tuple[MNISTTask, Any], tmp_path: Path
+) -> None:
+    """Our step, loss and gradients against the notebook's own Keras model on the same
+    weights, digits and noise, every cell firing (float64; the randomness of the two
+    frameworks differs, the mathematics must not). Runs where TensorFlow is installed here
+    or in the Python that NCA_ORIGINAL_PYTHON names (pip install 'nca-cli[original]')."""
+    from nca_cli.reproduction.runner import ORIGINAL_DIR, original_python
+    from nca_cli.reproduction.spec import load
+
+    exe, why = original_python(load("mnist-notebook"), os.environ.get("NCA_ORIGINAL_PYTHON"))
+    if exe is None:
+        pytest.skip(f"the notebook's own code is {why} (NCA_ORIGINAL_PYTHON=PATH)")
+    task, config = notebook
+    run = parse_run_config(config)
+    torch.manual_seed(0)
+    nca = build_model(run.model, run.perception, task.layout, task.alive_channel).double()
+    assert isinstance(nca, NCA)
+    conv = nca.perception.conv  # type: ignore[union-attr]
+    first, last = nca.update.layers
+    with torch.no_grad():  # a last layer that is not zero, so that every weight has a gradient
+        last.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    batch = task.batch_of(list(range(8)))
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn((20, 8, 19, 28, 28), generator=g, dtype=torch.float64) * 0.02
+    # The notebook's channels: grey, 9 hidden, 10 class votes; ours: grey, votes, hidden.
+    perm = [0, *range(11, 20), *range(1, 11)]  # its channel i is our perm[i]
+    out = [p - 1 for p in perm[1:]]
+
+    ours = [conv.weight, conv.bias, first.weight, first.bias, last.weight, last.bias]
+    kinds = ["conv", "bias", "dense", "bias", "last", "last bias"]
+
+    def tf_layout(w: torch.Tensor, kind: str) -> np.ndarray:
+        """A weight (or its gradient) as the Keras layer holds it, channels in its order."""
+        w = w.detach()
+        layouts = {
+            "conv": lambda: w[:, perm].permute(2, 3, 1, 0),
+            "bias": lambda: w,
+            "dense": lambda: w.t()[None, None],
+            "last": lambda: w.t()[:, out][None, None],
+            "last bias": lambda: w[out],
+        }
+        return layouts[kind]().numpy()
+
+    names = ["k0", "b0", "k1", "b1", "k2", "b2"]
+    np.savez(
+        tmp_path / "in.npz",
+        x=batch["state"].double()[:, perm].permute(0, 2, 3, 1).numpy(),
+        y=torch.nn.functional.one_hot(batch["label"], 10).double().numpy(),
+        noise=noise[:, :, out].permute(0, 1, 3, 4, 2).numpy(),
+        **{n: tf_layout(w, k) for n, w, k in zip(names, ours, kinds, strict=True)},
+    )
+    script = ORIGINAL_DIR / "mnist_notebook_rollout.py"
+    done = subprocess.run(
+        [exe, str(script), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = np.load(tmp_path / "out.npz")
+
+    x = batch["state"].double()
+    for i in range(20):
+        x = nca.step(x, None, noise[i])
+    loss = task.loss(x, batch).mean()
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(theirs["loss"]), rel=1e-6)
+    np.testing.assert_allclose(x[:, perm].permute(0, 2, 3, 1).detach().numpy(), theirs["x"],
+                               atol=1e-9)  # fmt: skip
+    for i, (w, kind) in enumerate(zip(ours, kinds, strict=True)):
+        assert w.grad is not None
+        mine, expected = tf_layout(w.grad, kind), theirs[f"g{i}"]
+        np.testing.assert_allclose(mine, expected, atol=1e-5 * np.abs(expected).max())
