@@ -224,13 +224,17 @@ def test_eval_protocol_runs_on_every_task(name: str, tmp_path: Path) -> None:
 
 
 def test_mutations_switch_the_condition_and_keep_the_state() -> None:
+    """MNIST: the cells the new digit keeps alive keep their state, the others lose it
+    before the next step perceives them (as the notebook's mutation does)."""
     g = torch.Generator().manual_seed(0)
     task, _ = make_task(*TASKS["mnist"])
     batch = task.fresh(6, g)
     batch["state"][:, 1:] = torch.rand_like(batch["state"][:, 1:])
     mutated = task.mutate(batch, g)
     assert (mutated["label"] != batch["label"]).all()
-    assert torch.equal(mutated["state"][:, 1:], batch["state"][:, 1:])
+    alive = task.alive(mutated["state"])
+    assert 0 < float(alive.mean()) < 1
+    assert torch.equal(mutated["state"][:, 1:], batch["state"][:, 1:] * alive)
     assert not torch.equal(mutated["state"][:, :1], batch["state"][:, :1])
 
     task, _ = make_task(*TASKS["emoji_conditional"])
