@@ -96,12 +96,17 @@ def hidden_sizes(trainer: Trainer) -> set[tuple[int, ...]]:
     return {tuple(x.out_features for x in nca.update.layers[:-1]) for nca in levels(trainer.nca)}
 
 
+def base_lr(group: dict[str, Any]) -> float:
+    """The optimiser's learning rate before its schedule scales it (a warm-up starts at 0)."""
+    return float(group.get("initial_lr", group["lr"]))
+
+
 # A changed value for every shortcut key, and how to read it from the built objects.
 SHORTCUT_VALUES: dict[str, tuple[Any, Any]] = {
     "seed": (7, lambda t: t.generator.initial_seed()),
     "fire_rate": (0.37, lambda t: {n.fire_rate for n in levels(t.nca)}),
     "hidden": (40, hidden_sizes),
-    "lr": (3.3e-4, lambda t: t.optimizer.param_groups[0]["lr"]),
+    "lr": (3.3e-4, lambda t: base_lr(t.optimizer.param_groups[0])),
     "pool_size": (40, lambda t: t.pool.size if t.pool is not None else 0),
     "channels": (None, lambda t: t.task.layout.channels),  # the preset's channels + 4
 }
