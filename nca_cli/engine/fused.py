@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from nca_cli.engine.native import ops
-from nca_cli.engine.perception import SobelPerception, max3x3, pad, perception_flops
+from nca_cli.engine.perception import SobelPerception, max3x3, pad, perception_flops, rows
 from nca_cli.engine.shards import batch_shards, run_shards
 
 if TYPE_CHECKING:
@@ -60,11 +60,6 @@ SAVED = 4
 # of the selected cells; with more, a convolution of the whole grid is faster (the README's
 # benchmark section has the A/B).
 GATHER_SHARE = 0.2
-
-
-def rows(t: Tensor) -> Tensor:
-    """A ``(B, C, H, W)`` tensor as ``(B*H*W, C)`` rows, a view when it is channels-last."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
 def block_rows(nca: NCA) -> int:
@@ -309,14 +304,12 @@ class StepPlan:
             f_rows = self._sobel_rows(x, idx, arena)
         elif features is not None and features.dim() == 2:
             f_rows = features  # perceived at the selected cells only
+        elif features is None and (selected := _perceive_selected(nca, x, idx)) is not None:
+            f_rows = selected
         else:
-            selected = _perceive_selected(nca, x, idx) if features is None else None
-            if selected is not None:
-                f_rows = selected
-            else:
-                f_rows = rows(nca.perception(x) if features is None else features)
-                if idx is not None:
-                    f_rows = f_rows.index_select(0, idx)
+            f_rows = rows(nca.perception(x) if features is None else features)
+            if idx is not None:
+                f_rows = f_rows.index_select(0, idx)
         n = b * h * w if idx is None else idx.numel()
         padded, dx = _padded_rows(n, self.layers[-1].out_features, x, idx is not None)
         self._mlp_forward(f_rows, dx)

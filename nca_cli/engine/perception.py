@@ -83,9 +83,9 @@ class Perception(nn.Module):
         return None
 
 
-def _cell_rows(x: Tensor) -> Tensor:
-    """A ``(B, C, H, W)`` tensor as ``(B*H*W, C)`` rows."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+def rows(t: Tensor) -> Tensor:
+    """A ``(B, C, H, W)`` tensor as ``(B*H*W, C)`` rows, a view when it is channels-last."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
 def neighbourhoods(x: Tensor, cells: Tensor, size: int, dilation: int, padding: str) -> Tensor:
@@ -100,7 +100,7 @@ def neighbourhoods(x: Tensor, cells: Tensor, size: int, dilation: int, padding: 
     taps = torch.arange(size, device=x.device) * dilation
     offsets = (taps[:, None] * wide + taps[None, :]).reshape(1, -1)
     where = (corner[:, None] + offsets).reshape(-1)
-    return _cell_rows(pad(x, r, padding)).index_select(0, where).view(len(cells), size**2, c)
+    return rows(pad(x, r, padding)).index_select(0, where).view(len(cells), size**2, c)
 
 
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
@@ -242,7 +242,7 @@ class ResidualPerception(Perception):
         conv = self.conv.at_cells(x, cells)
         if conv is None:
             return None
-        return torch.cat([_cell_rows(x).index_select(0, cells), conv], dim=1)
+        return torch.cat([rows(x).index_select(0, cells), conv], dim=1)
 
 
 @dataclass
