@@ -120,6 +120,16 @@ def test_a_folder_keeps_its_overrides_and_the_reproduction_owns_seeds(tmp_path: 
             plan(spec, tmp_path, 1.0, [line], 1)
 
 
+def test_a_folder_resumes_with_another_thread_count(tmp_path: Path) -> None:
+    spec = specs.load("ganca")
+    save_plan(tmp_path, spec, 1.0, plan(spec, tmp_path, 1.0, ["threads=1"], 1))
+    save_plan(tmp_path, spec, 1.0, plan(spec, tmp_path, 1.0, ["threads=2"], 1))
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert all("threads=2" in run["overrides"] for run in saved["runs"])
+    with pytest.raises(ConfigError, match="other overrides"):
+        save_plan(tmp_path, spec, 1.0, plan(spec, tmp_path, 1.0, ["threads=2", "lr=0.1"], 1))
+
+
 def test_an_override_no_run_reads_is_refused_before_any_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="logger"):
         plan(specs.load("distill"), tmp_path, 1.0, ["logger=none", "logger.project=x"], 1)

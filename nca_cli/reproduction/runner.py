@@ -135,6 +135,12 @@ def plan(
     return planned
 
 
+def _results_shaping(overrides: list[str]) -> list[str]:
+    """The overrides that decide what a run computes: the thread count only decides how fast,
+    so a reproduction may resume on a machine with more or fewer cores."""
+    return [o for o in overrides if not o.startswith("threads=")]
+
+
 def save_plan(folder: Path, spec: Reproduction, budget: float, runs: list[PlannedRun]) -> None:
     """plan.json: the budget and every run's command line; a folder keeps its budget."""
     path = folder / PLAN_FILE
@@ -149,7 +155,7 @@ def save_plan(folder: Path, spec: Reproduction, budget: float, runs: list[Planne
         before = {(r["run"], r["seed"]): r["overrides"] for r in saved.get("runs", [])}
         for r in runs:
             old = before.get((r.run, r.seed))
-            if old is not None and old != r.overrides:
+            if old is not None and _results_shaping(old) != _results_shaping(r.overrides):
                 changed = sorted(set(r.overrides) ^ set(old))
                 raise ConfigError(
                     f"the runs in {folder} were planned with other overrides ({', '.join(changed)} "
