@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ class CasePool:
 
 def case_pool(config: dict[str, Any]) -> CasePool:
     """The case pool of the task that ``config`` (a composed training config) builds."""
-    from nca_cli.config import ConfigError, parse_run_config
+    from nca_cli.config import ConfigError
     from nca_cli.tasks import task_class
+    from nca_cli.training.schema import parse_run_config
 
     run = parse_run_config(config)
     task = task_class(str(run.task.get("name")))(run)
@@ -127,3 +128,48 @@ def summarize(folder: Path, k: int, partial: bool = False) -> dict[str, Any]:
     }
     write_text_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def plot_folds(path: Path, summary: dict[str, Any]) -> None:
+    """Every metric per fold as bars, with the mean and std over the folds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in summary["metrics"] if n not in ("iteration", "seconds")][:8]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        m = summary["metrics"][name]
+        ax.bar(summary["folds"], m["values"], color="tab:blue")
+        ax.axhline(m["mean"], color="tab:red", label="mean")
+        ax.set_xticks(range(summary["k"]))
+        ax.set_title(f"{name}\n{m['mean']:.3g} ± {m['std']:.2g}", fontsize=9)
+        ax.set_xlabel("fold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def log_fold_summary(
+    folder: Path, summary: dict[str, Any], config: dict[str, Any], group: str | None = None
+) -> None:
+    """A W&B run in the folds' group (``kfold-<folder>`` unless given) holding the mean and
+    std of every metric, through the run logger like every W&B call."""
+    from nca_cli.config import parse
+    from nca_cli.training.loggers import make_logger
+    from nca_cli.training.schema import LoggerConfig
+
+    cfg = parse(config.get("logger"), LoggerConfig, "logger")
+    if cfg.name != "wandb":
+        return
+    cfg = replace(cfg, group=group or f"kfold-{folder.name}")
+    logger = make_logger(
+        cfg, folder, {"k": summary["k"]}, name=f"{folder.name}-summary", job_type="kfold-summary"
+    )
+    values = {}
+    for name, m in summary["metrics"].items():
+        values[f"{name}/mean"] = m["mean"]
+        values[f"{name}/std"] = m["std"]
+    logger.summary(values)
+    logger.finish()

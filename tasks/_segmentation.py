@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nca_cli.config import RunConfig, require
+from nca_cli.config import require
 from nca_cli.datasets.splits import random_split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import to_uint8
 from nca_cli.tasks._cases import CaseTask
-from nca_cli.tasks.base import LossConfig
+from nca_cli.tasks.base import LossConfig, RunSections
 
 
 @dataclass
@@ -81,7 +81,7 @@ class SegmentationTask(CaseTask):
     losses = ("dice_bce",)
     objective = ("dice", "maximize")
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(self, run: RunSections) -> None:
         super().__init__(run)
         d = self.dataset_config
         require(d.size >= 4, "dataset.size", d.size, "an integer >= 4")

@@ -5,18 +5,43 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from nca_cli.config import ConfigError, RunConfig, parse
+from nca_cli.config import ConfigError, parse
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch, PoolConfig, validate_pool
 from nca_cli.shortcuts import label
 
 Rollout = Callable[[Tensor, int], Tensor]
+
+
+class _Channels(Protocol):
+    channels: int
+
+
+class _BatchSize(Protocol):
+    batch_size: int
+
+
+class RunSections(Protocol):
+    """What a task reads of a run's config (the trainer's ``RunConfig`` is one): its own
+    sections, the state's size, the batch size its pool must hold, and the run's seed.
+    Declared here so that tasks depend on no room above them."""
+
+    seed: int
+    task: dict[str, Any]
+    dataset: dict[str, Any]
+    loss: dict[str, Any]
+
+    @property
+    def model(self) -> _Channels: ...
+
+    @property
+    def trainer(self) -> _BatchSize: ...
 
 
 @dataclass
@@ -75,7 +100,7 @@ class Task(ABC):
     # The sample sets `nca eval --sets` grows and measures (those the task has).
     evaluation_sets: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(self, run: RunSections) -> None:
         self.run = run
         self.config, self.dataset_config, self.loss_config = self.parse_sections(run)
         channels = run.model.channels
@@ -87,7 +112,7 @@ class Task(ABC):
             ) from None
 
     @classmethod
-    def parse_sections(cls, run: RunConfig) -> tuple[TaskConfig, Any, LossConfig]:
+    def parse_sections(cls, run: RunSections) -> tuple[TaskConfig, Any, LossConfig]:
         """The task's, dataset's and loss's sections parsed and checked, without loading
         any data (a sweep checks every point's config this way before its first trial)."""
         config = parse(run.task, cls.config_schema, "task")

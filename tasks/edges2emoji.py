@@ -9,7 +9,7 @@ validation by a seeded split; two more sets test generalisation: ``ood``, the va
 edges made hand-drawn-like (jittered, thicker or broken strokes, uneven pressure, drawn
 from ``dataset.ood_seed``), and ``drawings``, line drawings without a ground truth.
 ``loss=mse`` trains supervised, ``loss=gan`` adversarially (the discriminator is the
-task's co-trained module, see :mod:`nca_cli.training.adversarial`).
+task's co-trained module, see :mod:`nca_cli.tasks._adversarial`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from nca_cli.config import ConfigError, RunConfig, parse, require
+from nca_cli.config import ConfigError, parse, require
 from nca_cli.datasets.splits import random_split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import image_tensor, read_image
+from nca_cli.tasks._adversarial import Adversary, GanConfig, validate_gan
 from nca_cli.tasks._cases import CaseTask
-from nca_cli.tasks.base import CoTrained, LossConfig
+from nca_cli.tasks.base import CoTrained, LossConfig, RunSections
 from nca_cli.tasks.growing import RGBAOutput, rgba_to_rgb
-from nca_cli.training.adversarial import Adversary, GanConfig, validate_gan
 
 # The side of the bundled images; other sizes are resampled from them.
 BUNDLED_SIDE = 32
@@ -122,7 +122,7 @@ class Edges2EmojiTask(RGBAOutput, CaseTask):
     objective = ("mse", "minimize")
     evaluation_sets = ("train", "val", "ood", "drawings")
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(self, run: RunSections) -> None:
         super().__init__(run)
         d = self.dataset_config
         require(d.size >= 4, "dataset.size", d.size, "an integer >= 4")

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nca_cli.config import RunConfig, require
+from nca_cli.config import require
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
-from nca_cli.tasks.base import Task
+from nca_cli.tasks.base import RunSections, Task
 from nca_cli.tasks.growing import RGBAOutput, load_rgba, rgba_to_rgb
 
 
@@ -35,7 +35,7 @@ class ConditionalEmojiTask(RGBAOutput, Task):
     dataset_schema = ConditionalEmojiDataset
     objective = ("mse", "minimize")
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(self, run: RunSections) -> None:
         super().__init__(run)
         d = self.dataset_config
         require(d.size >= 1, "dataset.size", d.size, "a positive integer")

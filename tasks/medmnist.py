@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nca_cli.config import RunConfig, choice, require
+from nca_cli.config import choice, require
 from nca_cli.datasets.arrays import MEDMNIST, Arrays, MedMNISTInfo, load_medmnist
 from nca_cli.datasets.splits import Split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import to_uint8
 from nca_cli.tasks._cases import CaseTask
+from nca_cli.tasks.base import RunSections
 
 
 @dataclass
@@ -63,7 +64,7 @@ class MedMNISTTask(CaseTask):
     losses = ("cross_entropy",)
     objective = ("accuracy", "maximize")
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(self, run: RunSections) -> None:
         super().__init__(run)
         d = self.dataset_config
         choice(str(d.resolution), ["28", "64"], "dataset.resolution")

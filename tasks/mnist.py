@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nca_cli.config import RunConfig, choice, require
+from nca_cli.config import choice, require
 from nca_cli.datasets.arrays import load_mnist
 from nca_cli.datasets.splits import Split, random_split
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import to_uint8
 from nca_cli.tasks._cases import CaseTask
-from nca_cli.tasks.base import LossConfig, Rollout, TaskConfig
+from nca_cli.tasks.base import LossConfig, Rollout, RunSections, TaskConfig
 
 # Ten well-separated colours for the class votes.
 PALETTE = torch.tensor(
@@ -95,7 +95,7 @@ class MNISTTask(CaseTask):
     losses = ("mse", "cross_entropy")
     objective = ("accuracy", "maximize")
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(self, run: RunSections) -> None:
         super().__init__(run)
         d, e = self.dataset_config, self.config.evaluation
         require(d.size >= 8, "dataset.size", d.size, "an integer >= 8")

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from nca_cli.config import ConfigError, RunConfig, require
+from nca_cli.config import ConfigError, require
 from nca_cli.datasets.storage import data_root
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import image_tensor, read_image, to_uint8
-from nca_cli.tasks.base import LossConfig, Task
+from nca_cli.tasks.base import LossConfig, RunSections, Task
 
 # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 of torchvision's vgg16().features.
 STYLE_LAYERS = (1, 6, 11, 18, 25)
@@ -134,7 +134,7 @@ class TextureTask(Task):
     losses = ("sot",)
     objective = ("style", "minimize")
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(self, run: RunSections) -> None:
         super().__init__(run)
         d = self.dataset_config
         require(d.size >= 1, "dataset.size", d.size, "a positive integer")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nca_cli.config import ConfigError, compose
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.training.checks import check_config, points_to_check, refuse_unread
 
 

@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 
 from nca_cli.commands import eval as eval_command
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.tasks import task_class
 from nca_cli.tasks.edges2emoji import bundled_drawings, bundled_faces
+from nca_cli.training.schema import parse_run_config
 from nca_cli.training.trainer import train
 
 SMALL = [

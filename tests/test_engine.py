@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nca_cli.config import ConfigError, ModelConfig
+from nca_cli.config import ConfigError
 from nca_cli.engine.damage import DamageConfig, damage_mask
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
@@ -22,6 +22,7 @@ from nca_cli.engine.perception import (
     build_perception,
 )
 from nca_cli.engine.pool import Batch, PoolConfig, SamplePool, renew, validate_pool
+from nca_cli.engine.schema import ModelConfig
 
 # Plain numbers, written out independently of the engine's own constants.
 SOBEL_X = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]

@@ -19,19 +19,21 @@ import torch
 from PIL import Image
 
 from nca_cli.commands import eval as eval_command
-from nca_cli.config import (
-    ConfigError,
-    ProtocolSteps,
-    apply_overrides,
-    compose,
-    parse_run_config,
-)
+from nca_cli.composition import apply_overrides, compose
+from nca_cli.config import ConfigError
 from nca_cli.evaluation.evaluate import build_summary
-from nca_cli.evaluation.metrics import lpips_distance, recovery_pct, summary
-from nca_cli.evaluation.protocol import ProtocolConfig, default_damage, figures, run_protocol
 from nca_cli.evaluation.runs import find_checkpoint, load_run
+from nca_cli.measures.metrics import lpips_distance, recovery_pct, summary
+from nca_cli.measures.protocol import (
+    ProtocolConfig,
+    ProtocolSteps,
+    default_damage,
+    figures,
+    run_protocol,
+)
 from nca_cli.tasks.growing import GrowingTask
 from nca_cli.training.loggers import NullLogger
+from nca_cli.training.schema import parse_run_config
 from nca_cli.training.trainer import train
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nca_cli.config import ModelConfig
 from nca_cli.engine import native
 from nca_cli.engine.fused import SavedArena, StepPlan, _chunk_pool, _dilate, block_rows
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
 from nca_cli.engine.perception import build_perception, max3x3, pad
+from nca_cli.engine.schema import ModelConfig
 from nca_cli.engine.shards import batch_shards, run_shards
 
 CONV3 = {"kind": "conv", "kernel_size": 3}

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.tasks import task_class
-from nca_cli.training.adversarial import (
+from nca_cli.tasks._adversarial import (
     Discriminator,
     bce_discriminator_loss,
     bce_generator_loss,
@@ -25,6 +26,7 @@ from nca_cli.training.adversarial import (
 )
 from nca_cli.training.checkpoint import load_checkpoint
 from nca_cli.training.interrupts import Interrupted
+from nca_cli.training.schema import parse_run_config
 from nca_cli.training.trainer import Trainer, train
 
 # A 12x12 grid (8 + 2 x 2), short rollouts: an adversarial iteration in a fraction of a second.

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.engine.cascade import build_model
 from nca_cli.engine.nca import NCA
 from nca_cli.engine.pool import PoolConfig, renew, validate_pool
 from nca_cli.tasks import task_class
 from nca_cli.tasks.mnist import MNISTTask
 from nca_cli.training.optim import build_optimizer
+from nca_cli.training.schema import parse_run_config
 
 NOTEBOOK = ["experiment=mnist_notebook", "logger=none"]
 

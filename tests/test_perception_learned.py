@@ -8,11 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nca_cli.config import ModelConfig, compose, parse_run_config
+from nca_cli.composition import compose
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import build_nca
 from nca_cli.engine.perception import build_perception
+from nca_cli.engine.schema import ModelConfig
 from nca_cli.tasks import task_class
+from nca_cli.training.schema import parse_run_config
 
 CASES = [
     {"kind": "attention", "radius": 1, "heads": 2, "head_dim": 4},

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.engine.cascade import build_model
 from nca_cli.reproduction import spec as specs
 from nca_cli.reproduction.reproduce import reproduce
 from nca_cli.reproduction.runner import plan, save_plan
 from nca_cli.tasks import task_class
+from nca_cli.training.schema import parse_run_config
 
 # Published parameter counts, and how close a preset must come to each.
 PUBLISHED = {

@@ -102,9 +102,9 @@ def test_weak_trial_is_pruned_after_its_first_fold(monkeypatch: pytest.MonkeyPat
 def test_retried_trial_keeps_its_finished_folds(
     monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    import nca_cli.training.trainer as trainer
+    import nca_cli.training.run_folder as run_folder
 
-    real = trainer.train
+    real = run_folder.train
     crashes = []
 
     def crash_on_third_fold(config: dict, run_dir: Path, *args: Any, **kw: Any) -> dict:
@@ -113,7 +113,7 @@ def test_retried_trial_keeps_its_finished_folds(
             raise RuntimeError("worker lost")
         return real(config, run_dir, *args, **kw)
 
-    monkeypatch.setattr(trainer, "train", crash_on_third_fold)
+    monkeypatch.setattr(run_folder, "train", crash_on_third_fold)
     args = [*DATA, "fire_rate=0.3,0.5", "cv.k=3", "study=retry", "n_trials=1"]
     assert in_process(monkeypatch, *args) == 1  # its only trial failed
     sweep_dir = sweep_root() / "retry"
@@ -161,7 +161,8 @@ def test_cv_shorthands() -> None:
 
 
 def test_study_split_is_drawn_once_and_checked(tmp_path: Path) -> None:
-    from nca_cli.config import ConfigError, compose
+    from nca_cli.composition import compose
+    from nca_cli.config import ConfigError
     from nca_cli.crossval import case_pool, make_folds
     from nca_cli.sweeping.cv import study_folds
 

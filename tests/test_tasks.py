@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.datasets.splits import random_split
 from nca_cli.datasets.storage import DataError
 from nca_cli.engine.cascade import CascadeNCA, build_model
@@ -20,6 +21,7 @@ from nca_cli.tasks import task_class
 from nca_cli.tasks._segmentation import dice_score, iou_score
 from nca_cli.tasks.base import Task
 from nca_cli.tasks.medmnist import classification_metrics
+from nca_cli.training.schema import parse_run_config
 from nca_cli.training.trainer import train
 
 SMOKE = ["trainer=smoke", "logger=none"]
@@ -204,9 +206,8 @@ def test_mnist_evaluation_averages_steps_20_to_30_and_scores_step_200() -> None:
 @pytest.mark.parametrize("name", sorted(set(TASKS) - {"kvasir_dilated"}))
 def test_eval_protocol_runs_on_every_task(name: str, tmp_path: Path) -> None:
     """What `nca eval` runs, with damage and, where the task mutates, with mutation."""
-    from nca_cli.config import ProtocolSteps
-    from nca_cli.evaluation.protocol import ProtocolConfig, figures, run_protocol
     from nca_cli.evaluation.runs import load_run
+    from nca_cli.measures.protocol import ProtocolConfig, ProtocolSteps, figures, run_protocol
 
     train(compose([*SMOKE, *TASKS[name]]), tmp_path)
     loaded = load_run(tmp_path / "last.ckpt")

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from nca_cli.commands import eval as eval_command
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.tasks.texture import TextureTask
+from nca_cli.training.schema import parse_run_config
 from nca_cli.training.trainer import train
 
 SMALL = ["task=texture", "dataset.size=16", "dataset.target_size=32"]

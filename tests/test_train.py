@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import signal
 import typing
 from collections import Counter
@@ -16,18 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from nca_cli.config import (
-    ConfigError,
-    LoggerConfig,
-    ModelConfig,
-    TrainerConfig,
-    compose,
-    parse_run_config,
-)
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.engine.nca import build_nca
+from nca_cli.engine.schema import ModelConfig
 from nca_cli.tasks import available_tasks, task_class
 from nca_cli.training.checkpoint import CheckpointError, load_checkpoint
 from nca_cli.training.interrupts import Interrupted
+from nca_cli.training.schema import LoggerConfig, TrainerConfig, parse_run_config
 from nca_cli.training.trainer import (
     DivergenceError,
     Trainer,
@@ -71,7 +68,7 @@ def task_choosing(group: str, option: str) -> list[str]:
         return []
     for task in resources.files("nca_cli.conf").joinpath("task").iterdir():
         lines = [line.strip() for line in task.read_text().splitlines()]
-        if f"- override /{group}: {option}" in lines:
+        if any(re.fullmatch(rf"- override /{group}(@\w+)?: {option}", line) for line in lines):
             return [f"task={task.name.removesuffix('.yaml')}"]
     return []
 
@@ -388,8 +385,8 @@ def test_trainer_options_train(tmp_path: Path, options: list[str]) -> None:
 
 
 def test_warmup_rises_linearly_then_the_schedule_runs_over_the_rest() -> None:
-    from nca_cli.config import ScheduleConfig
     from nca_cli.training.optim import build_scheduler
+    from nca_cli.training.schema import ScheduleConfig
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([param], lr=1.0)

@@ -116,9 +116,10 @@ def _sync(device: Any) -> None:
 
 def build_model(name: str, case: BenchCase) -> Any:
     """The case's NCA, initialised as for training (the last layer at zero)."""
-    from nca_cli.config import ConfigError, ModelConfig
+    from nca_cli.config import ConfigError
     from nca_cli.engine.layout import ChannelLayout
     from nca_cli.engine.nca import build_nca
+    from nca_cli.engine.schema import ModelConfig
 
     try:
         layout = ChannelLayout(

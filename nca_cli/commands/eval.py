@@ -259,10 +259,9 @@ def main(argv: list[str]) -> None:
         if getattr(args, option) is not None and kind not in kinds:
             parser.error(f"--{option} applies to --damage {' or '.join(kinds)}, not {kind}")
 
-    from nca_cli.config import ProtocolSteps
     from nca_cli.evaluation.evaluate import evaluate
-    from nca_cli.evaluation.protocol import ProtocolConfig, default_damage
     from nca_cli.evaluation.runs import find_checkpoint
+    from nca_cli.measures.protocol import ProtocolConfig, ProtocolSteps, default_damage
 
     damage = None if kind == "none" else default_damage(kind)
     if damage is not None:
@@ -296,7 +295,7 @@ def _exit_cleanly(action: Callable[[], None]) -> None:
     2 and one line naming it, Ctrl-C with 130."""
     from nca_cli.config import ConfigError
     from nca_cli.datasets.storage import DataError
-    from nca_cli.evaluation import EvalError
+    from nca_cli.measures import EvalError
     from nca_cli.training.checkpoint import CheckpointError
 
     try:

@@ -114,7 +114,8 @@ def prepare(
     overrides: list[str], k: int, folder: Path, splits: Path | None
 ) -> tuple[list[Path], dict[str, Any]]:
     """Write the fold files into ``folder`` (reusing ``folds.json`` when it exists)."""
-    from nca_cli.config import ConfigError, compose
+    from nca_cli.composition import compose
+    from nca_cli.config import ConfigError
     from nca_cli.crossval import FOLDS_FILE, case_pool, load_folds, make_folds, write_folds
     from nca_cli.training.checks import check_config
 
@@ -139,7 +140,7 @@ def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
     the folds that finished (a failed fold's column reads "failed")."""
     from rich.table import Table
 
-    from nca_cli.crossval import summarize
+    from nca_cli.crossval import log_fold_summary, plot_folds, summarize
     from nca_cli.tables import table_console
 
     summary = summarize(folder, k, partial=True)
@@ -157,57 +158,9 @@ def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
         cells = [f"{values[i]:.4g}" if i in values else "failed" for i in range(k)]
         table.add_row(name, *cells, f"{m['mean']:.4g} ± {m['std']:.2g}")
     table_console().print(table)
-    plot(folder / "folds.png", summary)
-    log_summary(folder, summary, config)
+    plot_folds(folder / "folds.png", summary)
+    log_fold_summary(folder, summary, config)
     return summary
-
-
-def plot(path: Path, summary: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in summary["metrics"] if n not in ("iteration", "seconds")][:8]
-    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        m = summary["metrics"][name]
-        ax.bar(summary["folds"], m["values"], color="tab:blue")
-        ax.axhline(m["mean"], color="tab:red", label="mean")
-        ax.set_xticks(range(summary["k"]))
-        ax.set_title(f"{name}\n{m['mean']:.3g} ± {m['std']:.2g}", fontsize=9)
-        ax.set_xlabel("fold")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def log_summary(
-    folder: Path, summary: dict[str, Any], config: dict[str, Any], group: str | None = None
-) -> None:
-    """A W&B run in the folds' group (``kfold-<folder>`` unless given) holding the mean and
-    std of every metric."""
-    logger = config.get("logger", {})
-    if logger.get("name") != "wandb":
-        return
-    os.environ.setdefault("WANDB_X_DISABLE_STATS", "true")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    run = wandb.init(
-        project=logger.get("project", "nca"),
-        entity=logger.get("entity"),
-        group=group or f"kfold-{folder.name}",
-        job_type="kfold-summary",
-        mode=logger.get("mode", "offline"),
-        dir=str(folder),
-        name=f"{folder.name}-summary",
-        config={"k": summary["k"]},
-    )
-    for name, m in summary["metrics"].items():
-        run.summary[f"{name}/mean"] = m["mean"]
-        run.summary[f"{name}/std"] = m["std"]
-    run.finish()
 
 
 COMMAND_FILE = "kfold.json"  # k and the overrides, so that `nca kfold dir=...` resumes alone

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -11,18 +10,12 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nca_cli.atomic import write_text_atomic
-from nca_cli.config import (
-    ConfigError,
-    apply_overrides,
-    check_group_overrides,
-    mask_files,
-    mask_text,
-    resolve,
-)
+from nca_cli.composition import apply_overrides, check_group_overrides, resolve
+from nca_cli.config import ConfigError
+from nca_cli.masking import hide_secrets
 from nca_cli.shortcuts import expand
 
 log = logging.getLogger("nca.train")
@@ -52,31 +45,6 @@ def check_run_folder(run_dir: Path) -> None:
         )
 
 
-def _scrub(record: logging.LogRecord) -> bool:
-    """A logging filter that masks passwords in URLs."""
-    message = record.getMessage()
-    masked = mask_text(message)
-    if masked != message:
-        record.msg, record.args = masked, None
-    return True
-
-
-def hide_secrets() -> None:
-    """Mask URL passwords in the log handlers, in the config files Hydra has saved, and in
-    ``sys.argv``, which Hydra has parsed already and W&B would record."""
-    sys.argv[:] = [mask_text(arg) for arg in sys.argv]
-    for handler in logging.getLogger().handlers:
-        if _scrub not in handler.filters:
-            handler.addFilter(_scrub)
-    hydra_cfg = HydraConfig.get()
-    files = []
-    if hydra_cfg.output_subdir is not None:
-        files += Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir).glob("*.yaml")
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        files.append(Path(str(hydra_cfg.sweep.dir), "multirun.yaml"))
-    mask_files(files)
-
-
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], dict]:
     """The saved config of the run to resume, with ``key=value`` overrides applied."""
     from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -95,14 +63,6 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any]
     config["resume"] = str(run_dir)
     check_config(config, wanted)
     return config, checkpoint
-
-
-def finished_metrics(run_dir: Path) -> dict[str, float] | None:
-    """The final metrics of a run folder whose training completed, else None."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    return {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, int | float)}
 
 
 @hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
@@ -128,8 +88,9 @@ def run_job(cfg: DictConfig, run_dir: Path, stop: threading.Event) -> dict[str, 
     """Train, resume or skip the run in ``run_dir``; every known failure becomes one line
     and an exit status (2 bad input, 1 divergence, 130 interrupted)."""
     from nca_cli.datasets.storage import DataError
-    from nca_cli.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+    from nca_cli.training.checkpoint import CheckpointError
     from nca_cli.training.interrupts import Interrupted
+    from nca_cli.training.run_folder import train_in_folder
     from nca_cli.training.trainer import DivergenceError, train
 
     hide_secrets()
@@ -137,16 +98,9 @@ def run_job(cfg: DictConfig, run_dir: Path, stop: threading.Event) -> dict[str, 
     try:
         if cfg.get("resume"):
             config, checkpoint = resume_config(cfg, list(HydraConfig.get().overrides.task))
-        else:
-            config, checkpoint = resolve(cfg), None
-            finished = finished_metrics(run_dir)
-            if finished is not None:  # a re-run multirun job (k-fold, sweep) that finished
-                log.info("%s already finished; skipping", run_dir)
-                return finished
-            if (run_dir / CHECKPOINT_NAME).is_file():  # ... or that was interrupted
-                checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-                log.info("continuing %s from iteration %d", run_dir, checkpoint["iteration"])
-        metrics = train(config, run_dir, checkpoint, stop=stop)
+            metrics = train(config, run_dir, checkpoint, stop=stop)
+        else:  # a re-run multirun job (k-fold, sweep) may have finished or been interrupted
+            metrics = train_in_folder(resolve(cfg), run_dir, stop=stop)
     except (ConfigError, CheckpointError, DataError) as err:
         print(f"nca train: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -176,7 +130,7 @@ def check_command_line(argv: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from nca_cli.config import compose
+    from nca_cli.composition import compose
     from nca_cli.training.checks import check_config, points_to_check
 
     overrides = [a for a in argv if not a.startswith("-")]

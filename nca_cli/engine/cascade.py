@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nca_cli.config import ModelConfig
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import NCA, build_nca
+from nca_cli.engine.schema import ModelConfig
 
 
 class CascadeNCA(nn.Module):

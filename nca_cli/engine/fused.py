@@ -1,7 +1,8 @@
 """The fast NCA step and rollout: autograd functions with hand-written backward passes.
 
 They compute what :meth:`NCA.reference_step` computes (the same mathematics in float32 or
-float64, equal up to rounding) and differ in how:
+float64, equal up to rounding) for the options that :func:`supports` names (the NCA runs
+the reference step for any other), and differ in how:
 
 - the update MLP runs only on the cells whose result is used: cells that fire and have a
   living cell within reach of the alive mask. The reference multiplies the others' updates
@@ -35,20 +36,141 @@ import functools
 import math
 import os
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
+from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.native import ops
-from nca_cli.engine.perception import SobelPerception, max3x3, pad, perception_flops, rows
+from nca_cli.engine.perception import (
+    ConvPerception,
+    MultiPerception,
+    ResidualPerception,
+    SobelPerception,
+    max3x3,
+    perception_flops,
+)
+from nca_cli.engine.perception_base import Perception, pad, rows
+from nca_cli.engine.perception_learned import AttentionPerception, DeformablePerception
 from nca_cli.engine.shards import batch_shards, run_shards
+from nca_cli.engine.update import ACTIVATIONS, UpdateMLP
 
-if TYPE_CHECKING:
-    from nca_cli.engine.nca import NCA
+
+class StepModel(Protocol):
+    """What the fused step reads of an NCA (:class:`nca_cli.engine.nca.NCA`): a protocol,
+    so that this module does not import the module that imports it."""
+
+    layout: ChannelLayout
+    perception: Perception
+    update: UpdateMLP
+    fire_rate: float
+    alive_channel: int | None
+    alive_threshold: float
+    alive_pool: bool
+    padding: str
+    update_noise: float
+
+    def alive(self, x: Tensor) -> Tensor: ...
+
+
+# What the fused step implements, by name (:func:`supports`). States of these types:
+DTYPES = (torch.float32, torch.float64)
+# Borders: F.pad's modes, as :func:`pad` and the native alive mask read them.
+PADDINGS = ("zeros", "circular", "reflect", "replicate")
+# Perceptions it calls as they are: pure functions of the state whose ``at_cells`` (where
+# they have one) are the grid's features at those cells; the zero-padded Sobel perception
+# also has its own filter-major form. Attention and deformable convolution have no per-cell
+# form and are perceived on the whole grid.
+PERCEIVED = (
+    SobelPerception,
+    ConvPerception,
+    ResidualPerception,
+    MultiPerception,
+    AttentionPerception,
+    DeformablePerception,
+)
+
+
+def supports(nca: StepModel, x: Tensor) -> str | None:
+    """None where the fused step computes :meth:`NCA.reference_step` of ``nca`` for states
+    like ``x``; else the first option it does not implement, by name.
+
+    A whitelist, so that an option added to the reference step, a new perception class or
+    an unexpected value runs the reference step instead of a fused step that ignores it.
+    """
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype}"
+    if torch.is_autocast_enabled(x.device.type):
+        return f"{x.device.type} autocast"
+    update = nca.update
+    if type(update) is not UpdateMLP:
+        return f"update {type(update).__name__!r}"
+    if not _known_activation(update.act):
+        return f"activation {_name(update.act)!r}"
+    if any(type(layer) is not nn.Linear or layer.bias is None for layer in update.layers):
+        return "update layers other than biased nn.Linear"
+    if type(nca.layout) is not ChannelLayout:
+        return f"layout {type(nca.layout).__name__!r}"
+    if not _number(nca.fire_rate, 0.0, 1.0):
+        return f"fire_rate {nca.fire_rate!r}"
+    if not _number(nca.update_noise, 0.0):
+        return f"update_noise {nca.update_noise!r}"
+    if nca.padding not in PADDINGS:
+        return f"padding {nca.padding!r}"
+    channel = nca.alive_channel
+    if channel is not None:
+        if not (isinstance(channel, int) and _number(channel, 0, nca.layout.channels - 1)):
+            return f"alive_channel {channel!r}"
+        if not isinstance(nca.alive_pool, bool):
+            return f"alive_pool {nca.alive_pool!r}"
+        if not _number(nca.alive_threshold):
+            return f"alive_threshold {nca.alive_threshold!r}"
+    return _perception_reason(nca.perception)
+
+
+def _perception_reason(p: nn.Module) -> str | None:
+    """What of perception ``p`` and its parts the fused step does not implement, or None."""
+    if type(p) not in PERCEIVED:
+        return f"perception {type(p).__name__!r}"
+    if isinstance(p, MultiPerception):
+        return next((r for part in p.parts if (r := _perception_reason(part))), None)
+    if isinstance(p, ResidualPerception):
+        return _perception_reason(p.conv)
+    padding = getattr(p, "padding", None)
+    if padding not in PADDINGS:
+        return f"perception padding {padding!r}"
+    if isinstance(p, ConvPerception):
+        if p.activation is not None and not _known_activation(p.activation):
+            return f"perception activation {_name(p.activation)!r}"
+        if p.conv.groups not in (1, p.conv.in_channels):  # at_cells: dense or depthwise
+            return f"perception convolution groups {p.conv.groups}"
+    return None
+
+
+def _known_activation(act: Callable[[Tensor], Tensor]) -> bool:
+    """Whether ``act`` is one of the configurable activations: elementwise, so that the
+    fused step may apply it block by block of rows and at selected cells only."""
+    return any(act is known for known in ACTIVATIONS.values())
+
+
+def _name(f: Callable[..., Any]) -> str:
+    """A function's name for a message; its repr where it has none (a partial)."""
+    return getattr(f, "__name__", repr(f))
+
+
+def _number(v: object, low: float = -math.inf, high: float = math.inf) -> bool:
+    """Whether ``v`` is a finite real number (not a bool) in ``[low, high]``."""
+    return (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and low <= v <= high
+    )
+
 
 # What a step keeps for its backward pass: its selected feature rows (or its input state,
 # for a learned perception recomputed), the selected rows, their inverse and the dead cells.
@@ -62,7 +184,7 @@ SAVED = 4
 GATHER_SHARE = 0.2
 
 
-def block_rows(nca: NCA) -> int:
+def block_rows(nca: StepModel) -> int:
     """Rows per block of the MLP: its widest activation block fits in about 1 MB of cache.
     Blocking is 1.7x faster on the CPU than whole-tensor layers, whose activations go
     through memory."""
@@ -70,7 +192,7 @@ def block_rows(nca: NCA) -> int:
     return max(256, 2**18 // widest)
 
 
-def _perceive_selected(nca: NCA, x: Tensor, idx: Tensor | None) -> Tensor | None:
+def _perceive_selected(nca: StepModel, x: Tensor, idx: Tensor | None) -> Tensor | None:
     """The perception's feature rows at the selected cells ``idx`` where few are selected
     and the perception has a per-cell form, else None (the whole grid is perceived)."""
     if idx is None or idx.numel() > GATHER_SHARE * x.numel() // x.shape[1]:
@@ -78,7 +200,7 @@ def _perceive_selected(nca: NCA, x: Tensor, idx: Tensor | None) -> Tensor | None
     return nca.perception.at_cells(x, idx)
 
 
-def _dilate(nca: NCA, mask: Tensor) -> Tensor:
+def _dilate(nca: StepModel, mask: Tensor) -> Tensor:
     """Cells within reach of ``mask`` under the alive mask's pooling: 3x3 (same padding),
     or the cell itself when the alive mask is not pooled."""
     if not nca.alive_pool:
@@ -86,7 +208,7 @@ def _dilate(nca: NCA, mask: Tensor) -> Tensor:
     return max3x3(pad(mask.to(torch.float32), 1, nca.padding)) > 0
 
 
-def _sobel_order(nca: NCA) -> Tensor | None:
+def _sobel_order(nca: StepModel) -> Tensor | None:
     """For a zero-padded Sobel perception, the feature order of the fast path (its column
     ``f * C + c`` is the module's column ``order[f * C + c]``), else None."""
     p = nca.perception
@@ -117,7 +239,7 @@ class StepPlan:
     """What every step of one rollout shares, prepared once: the MLP's weights (the first
     layer's columns in the fast path's feature order), the perception's kind, block size."""
 
-    def __init__(self, nca: NCA, recompute: bool) -> None:
+    def __init__(self, nca: StepModel, recompute: bool) -> None:
         self.nca = nca
         self.layers = list(nca.update.layers)  # slicing a ModuleList builds a new module
         self.relu = nca.update.act is F.relu
@@ -644,7 +766,7 @@ class FusedRollout(torch.autograd.Function):
         return (None, grad_x, None, None, None, None, *plan.finish(grads))
 
 
-def recompute_perception(nca: NCA) -> bool:
+def recompute_perception(nca: StepModel) -> bool:
     """Whether the fused step recomputes the perception in its backward pass: when its
     arithmetic is small beside the MLP's (fixed filters, depthwise convolutions)."""
     learned, fixed = perception_flops(nca.perception)
@@ -652,7 +774,7 @@ def recompute_perception(nca: NCA) -> bool:
     return learned + fixed <= 0.25 * mlp
 
 
-def fused_step(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None) -> Tensor:
+def fused_step(nca: StepModel, x: Tensor, fire: Tensor | None, noise: Tensor | None) -> Tensor:
     """:meth:`NCA.reference_step`: a fused rollout of one step, or :class:`FusedStep` for
     a costly perception."""
     one = [None if t is None else t.unsqueeze(0) for t in (fire, noise)]
@@ -670,7 +792,7 @@ def fused_step(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None) -
 
 
 def fused_rollout(
-    nca: NCA,
+    nca: StepModel,
     x: Tensor,
     fire: Tensor | None,
     noise: Tensor | None,

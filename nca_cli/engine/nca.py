@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +11,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from nca_cli.config import ModelConfig
-from nca_cli.engine.fused import fused_rollout, fused_step
+from nca_cli.engine.fused import fused_rollout, fused_step, supports
 from nca_cli.engine.layout import ChannelLayout
-from nca_cli.engine.perception import Perception, build_perception, max3x3, pad
+from nca_cli.engine.perception import build_perception, max3x3
+from nca_cli.engine.perception_base import Perception, pad
+from nca_cli.engine.schema import ModelConfig
 from nca_cli.engine.update import UpdateMLP
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +68,9 @@ class NCA(nn.Module):
         self.update_noise = update_noise
         # The fused step (nca_cli.engine.fused) where it applies; False: the reference step.
         self.fast = True
+        # supports()'s answer and the options it was given; the reasons logged so far.
+        self._fused: tuple[tuple[object, ...], str | None] | None = None
+        self._logged: set[str] = set()
 
     def alive(self, x: Tensor) -> Tensor:
         """Cells with a living neighbour: 3x3 max-pool of the alive channel > threshold;
@@ -90,18 +97,50 @@ class NCA(nn.Module):
         return StepNoise(fire, noise)
 
     def uses_fused_step(self, x: Tensor) -> bool:
-        """Whether the fused step applies: float32/64 outside bf16 autocast, ``fast`` on."""
-        return (
-            self.fast
-            and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled(x.device.type)
+        """Whether the fused step runs for states like ``x``: ``fast`` on, and the fused
+        step implements every option of this NCA (:meth:`fused_reason`)."""
+        return self.fast and self.fused_reason(x) is None
+
+    def fused_reason(self, x: Tensor) -> str | None:
+        """What of this NCA or of states like ``x`` the fused step does not implement
+        (:func:`nca_cli.engine.fused.supports`), or None; each reason is logged once.
+
+        Asked again only when an option it reads has changed, so that a step costs one
+        comparison; the perception and the update rule count as changed when replaced.
+        """
+        device = x.device.type
+        options = (
+            x.dtype,
+            device,
+            torch.is_autocast_enabled(device),
+            self.perception,
+            self.update,
+            self.update.act,
+            self.layout,
+            self.fire_rate,
+            self.update_noise,
+            self.padding,
+            self.alive_channel,
+            self.alive_pool,
+            self.alive_threshold,
         )
+        if self._fused is None or self._fused[0] != options:
+            cls = type(self)  # a subclass that redefines the step: the reference step
+            own = cls.reference_step is NCA.reference_step and cls.alive is NCA.alive
+            reason = supports(self, x) if own else f"the step of {cls.__name__!r}"
+            self._fused = (options, reason)
+        reason = self._fused[1]
+        if reason is not None and reason not in self._logged:
+            self._logged.add(reason)
+            log.info("the fused step does not implement %s: using the reference step", reason)
+        return reason
 
     def step(self, x: Tensor, fire: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """One NCA step; ``fire`` (B, 1, H, W) selects the cells that update.
 
         Runs the fused step, which gives the reference step's values and gradients faster
-        and in less memory; the reference step under bf16 autocast or with ``fast`` off.
+        and in less memory; the reference step with ``fast`` off or where the fused step
+        does not implement an option (:meth:`uses_fused_step`).
         """
         if self.uses_fused_step(x):
             return fused_step(self, x, fire, noise)

@@ -17,23 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nca_cli.config import ConfigError, parse, require
+from nca_cli.engine.perception_base import Perception, pad, rows
+from nca_cli.engine.perception_learned import (
+    AttentionParams,
+    AttentionPerception,
+    DeformableParams,
+    DeformablePerception,
+)
 from nca_cli.engine.update import activation
-
-
-def pad(x: Tensor, radius: int, mode: str) -> Tensor:
-    """Pad the two spatial dimensions by ``radius`` cells with the configured ``mode``."""
-    if radius == 0:
-        return x
-    if mode == "zeros":
-        return F.pad(x, (radius,) * 4)
-    h, w = x.shape[-2:]
-    if mode in ("circular", "reflect") and radius > min(h, w) - (mode == "reflect"):
-        raise ConfigError(
-            f"invalid value for 'model.padding': {mode!r}; the perception sees {radius} cells "
-            f"away, more than the {h}x{w} grid can wrap or mirror: use a larger grid "
-            "(dataset.size, dataset.padding), a shorter reach, or model.padding=zeros"
-        )
-    return F.pad(x, (radius,) * 4, mode=mode)
 
 
 def max3x3(a: Tensor) -> Tensor:
@@ -70,24 +61,6 @@ def depthwise_conv(
     return F.conv2d(rep, weight, bias, padding=zeros, dilation=dilation, groups=weight.shape[0])
 
 
-class Perception(nn.Module):
-    """Base class: ``out_features`` features per cell, ``radius`` cells of reach."""
-
-    out_features: int
-    radius: int
-
-    def at_cells(self, x: Tensor, cells: Tensor) -> Tensor | None:
-        """The features of ``x`` at the flat cells ``cells`` (``(b * H + y) * W + x``) as
-        ``(n, out_features)`` rows, or None where only the whole grid is computed. The
-        fused step perceives only the cells whose update it uses, when they are few."""
-        return None
-
-
-def rows(t: Tensor) -> Tensor:
-    """A ``(B, C, H, W)`` tensor as ``(B*H*W, C)`` rows, a view when it is channels-last."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
-
 def neighbourhoods(x: Tensor, cells: Tensor, size: int, dilation: int, padding: str) -> Tensor:
     """The ``size`` x ``size`` neighbourhoods (taps ``dilation`` apart, the border as
     ``padding``) of the flat cells ``cells`` of ``x``: ``(n, size**2, C)``, taps row-major."""
@@ -103,8 +76,9 @@ def neighbourhoods(x: Tensor, cells: Tensor, size: int, dilation: int, padding: 
     return rows(pad(x, r, padding)).index_select(0, where).view(len(cells), size**2, c)
 
 
-SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
-LAPLACIAN = torch.tensor([[1.0, 2.0, 1.0], [2.0, -12.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+# Plain numbers: the tensors are made with each perception, none at import time.
+SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # / 8
+LAPLACIAN = ((1.0, 2.0, 1.0), (2.0, -12.0, 2.0), (1.0, 2.0, 1.0))  # / 16
 
 
 @dataclass
@@ -127,9 +101,11 @@ class SobelPerception(Perception):
         identity = torch.zeros(3, 3)
         identity[1, 1] = 1.0
         c, s = math.cos(math.radians(params.angle)), math.sin(math.radians(params.angle))
-        dx = c * SOBEL_X - s * SOBEL_X.T
-        dy = s * SOBEL_X + c * SOBEL_X.T
-        filters = [identity, dx, dy] + ([LAPLACIAN] if params.laplacian else [])
+        sobel_x = torch.tensor(SOBEL_X) / 8.0
+        dx = c * sobel_x - s * sobel_x.T
+        dy = s * sobel_x + c * sobel_x.T
+        laplacian = [torch.tensor(LAPLACIAN) / 16.0] if params.laplacian else []
+        filters = [identity, dx, dy, *laplacian]
         kernel = torch.stack(filters)[:, None].repeat(channels, 1, 1, 1)
         self.register_buffer("kernel", kernel, persistent=False)
         # The same filters in filter-major order, for the fused step: column f * C + c of
@@ -294,11 +270,9 @@ PERCEPTIONS: dict[str, tuple[type, type[Perception]]] = {
     "conv": (ConvParams, ConvPerception),
     "residual": (ConvParams, ResidualPerception),
     "multi": (MultiParams, MultiPerception),
+    "attention": (AttentionParams, AttentionPerception),
+    "deformable": (DeformableParams, DeformablePerception),
 }
-
-# Attention and deformable convolution register themselves here; imported after the
-# registry exists so that either module may be imported first.
-import nca_cli.engine.perception_learned  # noqa: E402, F401
 
 
 def build_perception(

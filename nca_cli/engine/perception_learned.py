@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nca_cli.config import require
-from nca_cli.engine.perception import PERCEPTIONS, Perception, pad
+from nca_cli.engine.perception_base import Perception, pad
 
 
 @dataclass
@@ -119,9 +119,3 @@ class DeformablePerception(Perception):
             self.conv.bias,
         )
         return y[..., m : m + h, m : m + w]
-
-
-PERCEPTIONS.update(
-    attention=(AttentionParams, AttentionPerception),
-    deformable=(DeformableParams, DeformablePerception),
-)

@@ -1,9 +1,3 @@
-"""Regeneration evaluation: the review paper's protocol (grow, perturb, regrow), its
-metrics (LPIPS, MSE, PSNR, the task's own, Recovery%) and its outputs, shared by
-``nca eval`` and the regeneration check of training runs."""
-
-from __future__ import annotations
-
-
-class EvalError(RuntimeError):
-    """A run cannot be evaluated: no run folder, no checkpoint, weights that do not fit."""
+"""``nca eval``'s library: finding a training run and rebuilding it, the protocol's report
+and pictures, and the sample sets; the protocol and its metrics are
+:mod:`nca_cli.measures`."""

@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 
 from nca_cli.engine.damage import DamageConfig
-from nca_cli.evaluation.protocol import (
+from nca_cli.evaluation.report import flat_figures, print_table, write_outputs
+from nca_cli.evaluation.runs import LoadedRun, load_run
+from nca_cli.measures.protocol import (
     STAGES,
     ProtocolConfig,
     ProtocolResult,
     figures,
     run_protocol,
 )
-from nca_cli.evaluation.report import flat_figures, print_table, write_outputs
-from nca_cli.evaluation.runs import LoadedRun, load_run
 
 # The DamageConfig fields each kind reads.
 DAMAGE_FIELDS = {

@@ -18,8 +18,7 @@ from nca_cli.images import save_gif, save_png, upscale
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from nca_cli.config import ProtocolSteps
-    from nca_cli.evaluation.protocol import ProtocolResult
+    from nca_cli.measures.protocol import ProtocolResult, ProtocolSteps
 
 ARROWS = {"minimize": " (lower is better)", "maximize": " (higher is better)", "": ""}
 STAGE_TITLES = {

@@ -8,16 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nca_cli.composition import apply_overrides
 from nca_cli.compute import configure_cpu
-from nca_cli.config import RunConfig, apply_overrides
 from nca_cli.engine.cascade import CascadeNCA, build_model
 from nca_cli.engine.nca import NCA
-from nca_cli.evaluation import EvalError
+from nca_cli.measures import EvalError
 from nca_cli.shortcuts import expand
 from nca_cli.tasks import task_class
 from nca_cli.tasks.base import Task
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from nca_cli.training.checks import check_config
+from nca_cli.training.schema import RunConfig
 
 
 def train_root() -> Path:

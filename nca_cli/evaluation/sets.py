@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from nca_cli.atomic import write_text_atomic
-from nca_cli.evaluation import EvalError
-from nca_cli.evaluation.metrics import image_metrics, summary
 from nca_cli.evaluation.report import GAP, _label
 from nca_cli.evaluation.runs import LoadedRun
 from nca_cli.images import save_png, to_uint8, upscale
+from nca_cli.measures import EvalError
+from nca_cli.measures.metrics import image_metrics, summary
 
 # The metrics of sets with a ground truth (RGB over white, as `nca eval` names them).
 METRICS = ("lpips", "image_mse")

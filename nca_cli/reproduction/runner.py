@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from nca_cli.atomic import write_text_atomic
-from nca_cli.config import ConfigError, compose, parse_run_config
+from nca_cli.composition import compose
+from nca_cli.config import ConfigError
 from nca_cli.reproduction.spec import EvaluationSpec, Reproduction
 from nca_cli.training.checks import check_config
+from nca_cli.training.schema import parse_run_config
 
 PLAN_FILE = "plan.json"
 # What a reproduction sets for each of its runs, so the command line may not.
@@ -320,7 +322,7 @@ def _protocol_figures(checkpoint: Path, ev: EvaluationSpec, samples: int | None)
     """``nca eval``'s regeneration protocol (its eval folder, plots and W&B run are
     written as usual): every stage's mean and Recovery% by metric."""
     from nca_cli.evaluation.evaluate import evaluate as evaluate_protocol
-    from nca_cli.evaluation.protocol import ProtocolConfig, default_damage
+    from nca_cli.measures.protocol import ProtocolConfig, default_damage
 
     mutate = ev.perturbation == "mutate"
     damage = None

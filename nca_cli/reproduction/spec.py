@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from nca_cli.config import ConfigError, ProtocolSteps, choice, parse, require
+from nca_cli.config import ConfigError, choice, parse, require
+from nca_cli.measures.protocol import ProtocolSteps
 
 # The evaluation kinds: the task's own figures on a split (MNIST: accuracy at steps
 # 20-30), the regeneration protocol of `nca eval` (stages, Recovery%), or `nca eval --sets`.

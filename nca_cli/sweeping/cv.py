@@ -193,8 +193,7 @@ def evaluate_folds(
     """Train the k folds of ``config`` into ``run_dir/fold_<i>/`` (``n_jobs`` at a time),
     report the running mean of the objective after each fold but the last, and return the
     mean of every metric over the folds (``summary.json`` has the rest)."""
-    from nca_cli.commands.kfold import log_summary, plot
-    from nca_cli.crossval import summarize
+    from nca_cli.crossval import log_fold_summary, plot_folds, summarize
 
     del checkpoint  # the folds keep their own checkpoints
     configs = [fold_config(config, i, plan) for i in range(plan.k)]
@@ -209,8 +208,8 @@ def evaluate_folds(
             if report is not None and i < plan.k - 1:  # after the last: the objective
                 report(i, {plan.metric: sum(values) / len(values)})
     summary = summarize(run_dir, plan.k)
-    plot(run_dir / "folds.png", summary)
-    log_summary(run_dir, summary, config, group=configs[0]["logger"]["group"])
+    plot_folds(run_dir / "folds.png", summary)
+    log_fold_summary(run_dir, summary, config, group=configs[0]["logger"]["group"])
     return {name: m["mean"] for name, m in summary["metrics"].items()}
 
 
@@ -240,18 +239,8 @@ def run_fold(config: dict[str, Any], fold_dir: Path) -> dict[str, float]:
     """One fold as a normal run (its own ``train.log``); a finished fold is not trained
     again and an interrupted one continues from its last checkpoint. Returns the fold's
     ``metrics.json``, what its summary is made of."""
-    from nca_cli.commands.train import finished_metrics
-    from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from nca_cli.training.trainer import train
+    from nca_cli.training.run_folder import finished_metrics, train_in_folder
 
-    finished = finished_metrics(fold_dir)
-    if finished is not None:
-        log.info("%s already finished; skipping", fold_dir)
-        return finished
-    checkpoint = None
-    if (fold_dir / CHECKPOINT_NAME).is_file():
-        checkpoint = load_checkpoint(fold_dir / CHECKPOINT_NAME)
-        log.info("continuing %s from iteration %d", fold_dir, checkpoint["iteration"])
     fold_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(fold_dir / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
@@ -260,7 +249,7 @@ def run_fold(config: dict[str, Any], fold_dir: Path) -> dict[str, float]:
     root.addHandler(handler)
     root.setLevel(min(level, logging.INFO) if level else logging.INFO)
     try:
-        metrics = dict(train(config, fold_dir, checkpoint))
+        metrics = dict(train_in_folder(config, fold_dir))
         return finished_metrics(fold_dir) or metrics
     finally:
         root.removeHandler(handler)

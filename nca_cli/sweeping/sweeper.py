@@ -149,7 +149,7 @@ class OptunaSweeper(Sweeper):
         # Trials are asked here and beat from here while Hydra's launcher runs them.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         assert self.config is not None and self.study_name
-        from nca_cli.config import check_group_overrides
+        from nca_cli.composition import check_group_overrides
 
         check_group_overrides(list(arguments))
         dims, fixed = split_arguments(self.params, arguments)
@@ -291,7 +291,7 @@ class OptunaSweeper(Sweeper):
         """The training config that ``overrides`` compose, without Hydra's own section."""
         from hydra.errors import HydraException
 
-        from nca_cli.config import resolve
+        from nca_cli.composition import resolve
 
         assert self.hydra_context is not None and self.config is not None
         try:
@@ -525,7 +525,7 @@ class OptunaSweeper(Sweeper):
         again = [_shorthand(a) for a in sys.argv[1:] if a not in ("-m", "--multirun")]
         if not any(a.startswith("study=") for a in again):
             again.append(f"study={self.study_name}")
-        from nca_cli.config import mask_text  # a password is never printed
+        from nca_cli.masking import mask_text  # a password is never printed
 
         return mask_text("nca sweep " + " ".join(shlex.quote(a) for a in again))
 

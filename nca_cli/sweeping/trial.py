@@ -28,7 +28,7 @@ Evaluate = Callable[..., Mapping[str, float]]  # (config, run_dir, report=...) -
 def run_trial(cfg: DictConfig, evaluate: Evaluate | None = None) -> dict[str, float]:
     """Train the job's config in its folder; an error is kept in ``error.txt`` there and
     raised again for the sweeper to record."""
-    from nca_cli.commands.train import hide_secrets
+    from nca_cli.masking import hide_secrets
 
     if evaluate is None:
         from nca_cli.training.trainer import train as evaluate

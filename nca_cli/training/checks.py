@@ -13,8 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from nca_cli.config import ConfigError, RunConfig, config_groups, parse_run_config
+from nca_cli.composition import config_groups
+from nca_cli.config import ConfigError
 from nca_cli.shortcuts import describe
+from nca_cli.training.schema import RunConfig, parse_run_config
 
 
 def check_config(

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from nca_cli.config import ConfigError, LoggerConfig, mask_secrets
+from nca_cli.config import ConfigError
+from nca_cli.masking import mask_secrets
+from nca_cli.training.schema import LoggerConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,8 @@ class RunLogger(Protocol):
 
     def artifact(self, path: Path, name: str, kind: str) -> None: ...
 
+    def summary(self, values: dict[str, float]) -> None: ...
+
     def finish(self, exit_code: int = 0) -> None: ...
 
 
@@ -147,6 +151,9 @@ class NullLogger:
     def artifact(self, path: Path, name: str, kind: str) -> None:
         pass
 
+    def summary(self, values: dict[str, float]) -> None:
+        pass
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
@@ -160,6 +167,8 @@ class WandbLogger:
         run_dir: Path,
         config: dict[str, Any],
         run_id: str | None = None,
+        name: str | None = None,
+        job_type: str | None = None,
     ) -> None:
         os.environ.setdefault("WANDB_X_DISABLE_STATS", "true")
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -175,7 +184,8 @@ class WandbLogger:
                 tags=list(cfg.tags),
                 mode=cfg.mode,  # type: ignore[arg-type]
                 dir=str(run_dir),
-                name=run_dir.name,
+                name=name or run_dir.name,
+                job_type=job_type,
                 id=run_id,
                 resume="allow" if run_id else None,
                 config=mask_secrets(config),
@@ -226,15 +236,25 @@ class WandbLogger:
 
         self._safely("logging the checkpoint artifact", upload)
 
+    def summary(self, values: dict[str, float]) -> None:
+        self._safely("writing the summary", lambda: self.run.summary.update(values))
+
     def finish(self, exit_code: int = 0) -> None:
         self.failed = False  # still try to close the run
         self._safely("closing the run", lambda: self.run.finish(exit_code=exit_code))
 
 
 def make_logger(
-    cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_id: str | None = None
+    cfg: LoggerConfig,
+    run_dir: Path,
+    config: dict[str, Any],
+    run_id: str | None = None,
+    name: str | None = None,
+    job_type: str | None = None,
 ) -> RunLogger:
+    """The run's logger; ``name`` and ``job_type`` mark runs that are not a training (a
+    k-fold's summary, an evaluation) in W&B."""
     if cfg.name == "none":
         return NullLogger()
     preflight(cfg)
-    return WandbLogger(cfg, run_dir, config, run_id)
+    return WandbLogger(cfg, run_dir, config, run_id, name, job_type)

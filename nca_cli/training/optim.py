@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
-from nca_cli.config import GradConfig, OptimizerConfig, ScheduleConfig
+from nca_cli.training.schema import GradConfig, OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> Optimizer:

@@ -24,11 +24,11 @@ from torch import Tensor
 
 from nca_cli.atomic import remove_stale_temporaries, write_text_atomic
 from nca_cli.compute import configure_cpu
-from nca_cli.config import mask_secrets, parse_run_config
 from nca_cli.datasets.splits import save_splits
 from nca_cli.engine.cascade import build_model
 from nca_cli.engine.pool import Batch, SamplePool, renew
 from nca_cli.images import save_gif, save_png, tile, upscale
+from nca_cli.masking import mask_secrets
 from nca_cli.tasks import task_class
 from nca_cli.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -40,6 +40,8 @@ from nca_cli.training.checkpoint import (
 from nca_cli.training.interrupts import Interrupted, stop_requests
 from nca_cli.training.loggers import RunLogger, make_logger, preflight
 from nca_cli.training.optim import build_optimizer, build_scheduler, treat_gradients
+from nca_cli.training.regeneration import regeneration_check
+from nca_cli.training.schema import parse_run_config
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +267,6 @@ class Trainer:
         """The ``nca eval`` protocol on a few samples (``trainer.regen_check``), logged as
         ``regen/*`` and to regen.jsonl; its own seeded generator leaves the training's random
         stream alone."""
-        from nca_cli.evaluation.protocol import regeneration_check
-
         cfg = self.run.trainer.regen_check
         values = regeneration_check(self.task, self.nca, cfg, self.run.seed, self.device)
         logger.metrics({f"regen/{k}": v for k, v in values.items()}, step=step)

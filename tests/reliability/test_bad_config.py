@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from reliability_support import TINY, assert_clean_error, run_main
 
 from nca_cli.commands import train
-from nca_cli.config import ConfigError, compose, config_groups, parse_run_config
+from nca_cli.composition import compose, config_groups
+from nca_cli.config import ConfigError
 from nca_cli.datasets.storage import DataError
 from nca_cli.engine.cascade import build_model
 from nca_cli.shortcuts import label
 from nca_cli.tasks import task_class
+from nca_cli.training.schema import parse_run_config
 
 
 def build(overrides: list[str]) -> None:

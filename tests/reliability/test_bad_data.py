@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nca_cli.config import compose, parse_run_config
+from nca_cli.composition import compose
 from nca_cli.datasets import arrays, images
 from nca_cli.datasets.storage import DataError
 from nca_cli.tasks import task_class
+from nca_cli.training.schema import parse_run_config
 
 KVASIR = [
     "task=kvasir",

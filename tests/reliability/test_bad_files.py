@@ -15,7 +15,7 @@ from reliability_support import TINY, assert_clean_error, run_main
 
 from nca_cli.commands import eval as eval_command
 from nca_cli.commands import kfold, train
-from nca_cli.config import compose
+from nca_cli.composition import compose
 from nca_cli.training.trainer import train as train_run
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from reliability_support import TINY, assert_clean_error, nca, rows
 
-from nca_cli.config import compose
+from nca_cli.composition import compose
 from nca_cli.training import trainer as trainer_module
 from nca_cli.training.checkpoint import load_checkpoint
 from nca_cli.training.trainer import DivergenceError, train

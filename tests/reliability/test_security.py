@@ -18,12 +18,14 @@ import pytest
 import torch
 from reliability_support import TINY, assert_clean_error, nca, run_main
 
+from nca_cli import masking
 from nca_cli.commands import eval as eval_command
 from nca_cli.commands import train
-from nca_cli.config import LoggerConfig, mask_secrets, mask_text
 from nca_cli.datasets.storage import DataError, safe_extract
+from nca_cli.masking import mask_secrets, mask_text
 from nca_cli.training import loggers
 from nca_cli.training.checkpoint import CheckpointError, load_checkpoint
+from nca_cli.training.schema import LoggerConfig
 
 
 class Payload:
@@ -136,7 +138,7 @@ def test_masking() -> None:
 
 def test_logs_mask_passwords(caplog: pytest.LogCaptureFixture) -> None:
     record = logging.LogRecord("nca", logging.INFO, __file__, 1, "storage %s", (URL,), None)
-    assert train._scrub(record)
+    assert masking._scrub(record)
     assert SECRET not in record.getMessage() and "nca:***@db.example" in record.getMessage()
 
 

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from reliability_support import TINY, assert_clean_error, rows
 
-from nca_cli.config import LoggerConfig, compose
+from nca_cli.composition import compose
 from nca_cli.training import loggers
 from nca_cli.training.loggers import WandbError, WandbLogger, preflight
+from nca_cli.training.schema import LoggerConfig
 from nca_cli.training.trainer import train
 
 WANDB = [*[a for a in TINY if a != "logger=none"], "logger=wandb"]

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nca_cli.config import ConfigError, ProtocolSteps, RegenCheckConfig, validate_protocol_steps
+from nca_cli.config import ConfigError, require
 from nca_cli.engine.damage import DamageConfig, damage_mask, validate_damage
-from nca_cli.evaluation import EvalError
-from nca_cli.evaluation.metrics import IMAGE_METRICS, image_metrics, recovery_pct, summary
 from nca_cli.images import to_uint8
+from nca_cli.measures import EvalError
+from nca_cli.measures.metrics import IMAGE_METRICS, image_metrics, recovery_pct, summary
 
 if TYPE_CHECKING:
     from nca_cli.engine.cascade import CascadeNCA
@@ -35,6 +35,43 @@ STAGES = ("stage1", "stage2", "damaged", "stage3")
 CHUNK = 16
 # Samples shown in the before/damaged/recovered strip.
 STRIP_SAMPLES = 4
+
+
+@dataclass
+class ProtocolSteps:
+    """The regeneration protocol of the NCA review (Spitznagel & Keuper 2026): Stage 1 is
+    the mean over steps ``stage1`` (both ends included), Stage 2 the step ``stage2``, the
+    perturbation hits the state after ``perturb_at`` steps, Stage 3 is step ``stage3``."""
+
+    stage1: list[int] = field(default_factory=lambda: [64, 96])
+    stage2: int = 149
+    perturb_at: int = 150
+    stage3: int = 449
+
+
+def validate_protocol_steps(steps: ProtocolSteps, where: str) -> None:
+    """Stages in order: Stage 1 and 2 before the perturbation, Stage 3 after it."""
+    lo_hi = steps.stage1
+    require(
+        len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1] <= steps.perturb_at,
+        f"{where}.stage1",
+        lo_hi,
+        f"a window [first, last] of steps with 0 <= first <= last <= perturb_at "
+        f"({steps.perturb_at})",
+    )
+    require(
+        0 <= steps.stage2 <= steps.perturb_at,
+        f"{where}.stage2",
+        steps.stage2,
+        f"a step between 0 and perturb_at ({steps.perturb_at})",
+    )
+    require(steps.perturb_at >= 1, f"{where}.perturb_at", steps.perturb_at, "a step >= 1")
+    require(
+        steps.stage3 > steps.perturb_at,
+        f"{where}.stage3",
+        steps.stage3,
+        f"a step after perturb_at ({steps.perturb_at})",
+    )
 
 
 def default_damage(kind: str) -> DamageConfig:
@@ -232,34 +269,4 @@ def figures(result: ProtocolResult) -> dict[str, Any]:
         by_metric[metric] = {"value": value, "reason": reason, **summary(per_sample)}
     out["recovery_pct"] = {"metric": result.primary, **by_metric[result.primary]}
     out["recovery_by_metric"] = by_metric
-    return out
-
-
-def regeneration_check(
-    task: Task, nca: NCA | CascadeNCA, cfg: RegenCheckConfig, seed: int, device: torch.device | str
-) -> dict[str, float]:
-    """The protocol on ``cfg.samples`` samples without pictures: stage means of every
-    metric and Recovery% (when defined), as flat floats for a training log.
-
-    Missing LPIPS weights (offline, no TORCH_HOME copy) skip the check with a warning
-    rather than end the training run they would only annotate.
-    """
-    mutate = cfg.perturbation == "mutate"
-    protocol = ProtocolConfig(
-        steps=cfg.steps,
-        samples=cfg.samples,
-        seed=seed,
-        damage=None if mutate else default_damage(cfg.perturbation),
-        mutate=mutate,
-        curve_every=0,
-        detail=False,
-    )
-    try:
-        figs = figures(run_protocol(task, nca, protocol, device))
-    except EvalError as err:
-        log.warning("regeneration check skipped: %s", err)
-        return {}
-    out = {k: v["mean"] for k, v in figs.items() if k.endswith(STAGES) and v["mean"] is not None}
-    if figs["recovery_pct"]["value"] is not None:
-        out["recovery_pct"] = figs["recovery_pct"]["value"]
     return out

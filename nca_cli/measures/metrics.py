@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nca_cli.evaluation import EvalError
+from nca_cli.measures import EvalError
 
 # AlexNet's pooling needs at least this many pixels a side; smaller grids are enlarged.
 LPIPS_MIN_SIDE = 32
