@@ -36,11 +36,11 @@ class CasePool:
 def case_pool(config: dict[str, Any]) -> CasePool:
     """The case pool of the task that ``config`` (a composed training config) builds."""
     from nca_cli.config import ConfigError
-    from nca_cli.tasks import task_class
+    from nca_cli.tasks import task_of
     from nca_cli.training.schema import parse_run_config
 
     run = parse_run_config(config)
-    task = task_class(str(run.task.get("name")))(run)
+    task = task_of(run)(run)
     if task.splits is None:
         raise ConfigError(f"task {task.config.name!r} has no data to split into folds")
     cases = sorted(task.splits["train"] + task.splits["val"])

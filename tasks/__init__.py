@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from nca_cli.config import ConfigError
 
 if TYPE_CHECKING:
-    from nca_cli.tasks.base import Task
+    from nca_cli.tasks.base import RunSections, Task
 
 
 def available_tasks() -> list[str]:
@@ -44,3 +44,8 @@ def task_class(name: str) -> type[Task]:
     if task is None:
         raise ConfigError(f"invalid value for 'task.name': module {name!r} defines no TASK")
     return task
+
+
+def task_of(run: RunSections) -> type[Task]:
+    """The task class that a run config names in ``task.name``."""
+    return task_class(str(run.task.get("name", "")))

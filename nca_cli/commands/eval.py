@@ -9,6 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from nca_cli.engine.schema import DAMAGE_KINDS
+from nca_cli.measures.steps import ProtocolSteps
+
+# The protocol's steps, the defaults of --stage1, --stage2, --perturb-at and --stage3.
+STEPS = ProtocolSteps()
+
 DESCRIPTION = """\
 Evaluate how a trained NCA regenerates. Samples grow from their seeds (or, for data
 tasks, from validation inputs); Stage 1 is the metric averaged over steps 64-96, Stage 2
@@ -81,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     hit = p.add_argument_group("perturbation at --perturb-at")
     hit.add_argument(
         "--damage",
-        choices=["circle", "rect", "half", "noise", "none"],
+        choices=[*DAMAGE_KINDS, "none"],
         help="cells to wipe (every channel but fixed inputs): circle = a disc, rect = a "
         "rectangle placed at random, half = one half of the grid, noise = random cells, "
         "none = no perturbation (default: circle, unless --mutate)",
@@ -155,30 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage1",
         type=int,
         nargs=2,
-        default=[64, 96],
+        default=STEPS.stage1,
         metavar=("FIRST", "LAST"),
-        help="Stage 1: the metric averaged over these steps, both included (default 64 96)",
+        help="Stage 1: the metric averaged over these steps, both included (default "
+        f"{STEPS.stage1[0]} {STEPS.stage1[1]})",
     )
     proto.add_argument(
         "--stage2",
         type=int,
-        default=149,
+        default=STEPS.stage2,
         metavar="STEP",
-        help="Stage 2: the metric before the perturbation, m_pre of Recovery%% (default 149)",
+        help="Stage 2: the metric before the perturbation, m_pre of Recovery%% (default "
+        f"{STEPS.stage2})",
     )
     proto.add_argument(
         "--perturb-at",
         type=int,
-        default=150,
+        default=STEPS.perturb_at,
         metavar="STEP",
-        help="the state after this many steps is perturbed (default 150)",
+        help=f"the state after this many steps is perturbed (default {STEPS.perturb_at})",
     )
     proto.add_argument(
         "--stage3",
         type=int,
-        default=449,
+        default=STEPS.stage3,
         metavar="STEP",
-        help="Stage 3: the metric after regrowth, m_final of Recovery%% (default 449)",
+        help=f"Stage 3: the metric after regrowth, m_final of Recovery%% (default {STEPS.stage3})",
     )
     sets = p.add_argument_group("sample sets and comparison (instead of the protocol)")
     sets.add_argument(
@@ -261,7 +269,7 @@ def main(argv: list[str]) -> None:
 
     from nca_cli.evaluation.evaluate import evaluate
     from nca_cli.evaluation.runs import find_checkpoint
-    from nca_cli.measures.protocol import ProtocolConfig, ProtocolSteps, default_damage
+    from nca_cli.measures.protocol import ProtocolConfig, default_damage
 
     damage = None if kind == "none" else default_damage(kind)
     if damage is not None:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from nca_cli.commands import train
+from nca_cli.commands.hydra_app import run_app
 from nca_cli.config import ConfigError
 from nca_cli.shortcuts import expand
 
@@ -204,8 +203,7 @@ def fold_states(folder: Path, k: int) -> list[str]:
     return states
 
 
-@hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
-def fold_app(cfg: DictConfig) -> dict[str, float] | None:
+def fold_job(cfg: DictConfig) -> dict[str, float] | None:
     """``nca train``'s app for one fold, except that a diverged fold (exit status 1, its
     reason in error.txt) returns: Hydra's sweeper would end the multirun on its SystemExit,
     and the other folds must still train. Bad input (2) and Ctrl-C (130) still stop all."""
@@ -223,11 +221,11 @@ def main(argv: list[str]) -> None:
     from nca_cli.atomic import write_text_atomic
     from nca_cli.crossval import FOLDS_FILE
     from nca_cli.datasets.storage import DataError
+    from nca_cli.paths import output_root
 
     args, overrides = parse_args(argv)
-    root = Path(os.environ.get("NCA_OUTPUT_DIR", "outputs"))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-    folder = args.folder or root / "kfold" / stamp
+    folder = args.folder or output_root() / "kfold" / stamp
     created = not folder.exists()
     try:
         resuming = (folder / FOLDS_FILE).is_file()
@@ -252,8 +250,7 @@ def main(argv: list[str]) -> None:
         print(f"nca kfold: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"nca kfold: {args.k} folds in {folder}")
-    sys.argv = [
-        "nca kfold",
+    folds = [
         "-m",
         f"dataset.splits={','.join(str(p) for p in paths)}",
         f"logger.group=kfold-{folder.name}",
@@ -264,7 +261,7 @@ def main(argv: list[str]) -> None:
         "hydra.sweep.subdir=fold_${hydra.job.num}",
     ]
     try:
-        fold_app()
+        run_app(fold_job, folds)
     except (SystemExit, KeyboardInterrupt) as stop:  # interrupted, or bad input in a fold
         code = stop.code if isinstance(stop, SystemExit) else 130
         if code in (0, None):

@@ -7,10 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from nca_cli import shortcuts
+from nca_cli.commands.hydra_app import run_app
 from nca_cli.config import ConfigError
 from nca_cli.sweeping.config import ALIASES
 
@@ -36,7 +36,6 @@ def expand(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(config_path="pkg://nca_cli.conf", config_name="sweep", version_base="1.3")
 def app(cfg: DictConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
 
@@ -84,9 +83,8 @@ def main(argv: list[str]) -> None:
     except ConfigError as err:
         print(f"nca sweep: error: {err}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = ["nca sweep", *args]
     try:
-        app()
+        run_app(app, args, "sweep")
     except KeyboardInterrupt:
         print("nca sweep: interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

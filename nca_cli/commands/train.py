@@ -8,11 +8,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from nca_cli.atomic import write_text_atomic
+from nca_cli.commands.hydra_app import run_app
 from nca_cli.composition import apply_overrides, check_group_overrides, resolve
 from nca_cli.config import ConfigError
 from nca_cli.masking import hide_secrets
@@ -63,11 +63,6 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any]
     config["resume"] = str(run_dir)
     check_config(config, wanted)
     return config, checkpoint
-
-
-@hydra.main(config_path="pkg://nca_cli.conf", config_name="config", version_base="1.3")
-def app(cfg: DictConfig) -> dict[str, float] | None:
-    return job(cfg)
 
 
 def job(cfg: DictConfig) -> dict[str, float] | None:
@@ -187,12 +182,12 @@ def main(argv: list[str]) -> None:
     try:
         argv = expand(argv)
         check_command_line(argv)
-        sys.argv = ["nca train", *apply_resume(argv)]
+        argv = apply_resume(argv)
     except ConfigError as err:  # before Hydra creates a run folder
         print(f"nca train: error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        app()
+        run_app(job, argv)
     except KeyboardInterrupt:  # outside the training loop, which handles its own
         print("nca train: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from nca_cli.config import choice, require
+from nca_cli.engine.schema import DAMAGE_KINDS
 
 
 @dataclass
@@ -46,7 +47,6 @@ class DamageConfig:
         return {key: why for key in shapes if key not in kept}
 
 
-DAMAGE_KINDS = ("circle", "rect", "half", "noise")
 HALF_SIDES = ("left", "right", "top", "bottom")
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from nca_cli.config import choice, require
 
 PADDINGS = ("zeros", "circular", "reflect", "replicate")
+# What damage wipes: a disc, a rectangle, one half of the grid, random cells (damage.py).
+DAMAGE_KINDS = ("circle", "rect", "half", "noise")
 
 
 @dataclass

@@ -18,7 +18,8 @@ from nca_cli.images import save_gif, save_png, upscale
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from nca_cli.measures.protocol import ProtocolResult, ProtocolSteps
+    from nca_cli.measures.protocol import ProtocolResult
+    from nca_cli.measures.steps import ProtocolSteps
 
 ARROWS = {"minimize": " (lower is better)", "maximize": " (higher is better)", "": ""}
 STAGE_TITLES = {

@@ -3,19 +3,19 @@ optimiser or logger that resuming it would allocate."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nca_cli.composition import apply_overrides
 from nca_cli.compute import configure_cpu
-from nca_cli.engine.cascade import CascadeNCA, build_model
+from nca_cli.engine.cascade import CascadeNCA
 from nca_cli.engine.nca import NCA
 from nca_cli.measures import EvalError
+from nca_cli.paths import output_root
 from nca_cli.shortcuts import expand
-from nca_cli.tasks import task_class
 from nca_cli.tasks.base import Task
+from nca_cli.training.build import build_run
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from nca_cli.training.checks import check_config
 from nca_cli.training.schema import RunConfig
@@ -23,7 +23,7 @@ from nca_cli.training.schema import RunConfig
 
 def train_root() -> Path:
     """Where ``nca train`` puts its runs: ``$NCA_OUTPUT_DIR/train`` (default ``outputs``)."""
-    return Path(os.environ.get("NCA_OUTPUT_DIR") or "outputs") / "train"
+    return output_root() / "train"
 
 
 def find_checkpoint(run: Path | None = None, checkpoint: Path | None = None) -> Path:
@@ -83,8 +83,7 @@ def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> L
     config = apply_overrides(saved, overrides, f"the run of {checkpoint}")
     run = check_config(config, overrides, UNREAD)
     configure_cpu(run.threads)
-    task = task_class(str(run.task.get("name", "")))(run)
-    nca = build_model(run.model, run.perception, task.layout, task.alive_channel)
+    task, nca = build_run(run)
     try:
         nca.load_state_dict(payload["model"])
     except RuntimeError as err:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +13,14 @@ from typing import Any
 import numpy as np
 
 from nca_cli.config import choice
+from nca_cli.paths import output_root
 from nca_cli.reproduction import runner, table
 from nca_cli.reproduction.spec import Reproduction
 
 
 def root(name: str) -> Path:
     """Where the folders of reproduction ``name`` go: ``$NCA_OUTPUT_DIR/reproduce/<name>``."""
-    return Path(os.environ.get("NCA_OUTPUT_DIR") or "outputs") / "reproduce" / name
+    return output_root() / "reproduce" / name
 
 
 def latest(name: str) -> Path | None:

@@ -14,12 +14,13 @@ from typing import Any
 import yaml
 
 from nca_cli.config import ConfigError, choice, parse, require
-from nca_cli.measures.protocol import ProtocolSteps
+from nca_cli.engine.schema import DAMAGE_KINDS
+from nca_cli.measures.steps import ProtocolSteps
 
 # The evaluation kinds: the task's own figures on a split (MNIST: accuracy at steps
 # 20-30), the regeneration protocol of `nca eval` (stages, Recovery%), or `nca eval --sets`.
 KINDS = ("task", "protocol", "sets")
-PERTURBATIONS = ("none", "mutate", "circle", "rect", "half", "noise")
+PERTURBATIONS = ("none", "mutate", *DAMAGE_KINDS)
 
 
 @dataclass

@@ -269,7 +269,7 @@ class OptunaSweeper(Sweeper):
         Every value is checked as ``nca train`` checks its config (parsed by its owners, read
         by the run). Returns the task's objective (metric, direction), the default of the
         search."""
-        from nca_cli.tasks import task_class
+        from nca_cli.tasks import task_of
         from nca_cli.training.checks import check_config
 
         self.base = self._training_config(fixed)
@@ -277,7 +277,7 @@ class OptunaSweeper(Sweeper):
             run = check_config(self.base, fixed)
         except ConfigError as err:
             raise ConfigError(f"the fixed overrides: {err}") from None
-        objective = task_class(str(run.task.get("name", ""))).objective
+        objective = task_of(run).objective
         for point in _check_points(dims):
             overrides = [dim.override(value) for dim, value in zip(dims, point, strict=True)]
             where = " ".join(overrides)
@@ -522,7 +522,9 @@ class OptunaSweeper(Sweeper):
 
     def _again(self) -> str:
         """The command that resumes this study."""
-        again = [_shorthand(a) for a in sys.argv[1:] if a not in ("-m", "--multirun")]
+        assert self.config is not None
+        given = [*self.config.hydra.overrides.hydra, *self.config.hydra.overrides.task]
+        again = [_shorthand(str(a)) for a in given if not str(a).startswith("hydra.mode=")]
         if not any(a.startswith("study=") for a in again):
             again.append(f"study={self.study_name}")
         from nca_cli.masking import mask_text  # a password is never printed

@@ -27,10 +27,10 @@ def check_config(
     read; ``unread`` adds paths that the caller does not read (``nca eval`` trains nothing),
     with the reason. Raises :class:`ConfigError`."""
     from nca_cli.engine.perception import build_perception
-    from nca_cli.tasks import task_class
+    from nca_cli.tasks import task_of
 
     run = parse_run_config(config)
-    task_config, dataset, loss = task_class(str(run.task.get("name", ""))).parse_sections(run)
+    task_config, dataset, loss = task_of(run).parse_sections(run)
     build_perception(run.perception, run.model.channels, run.model.padding)
     sections = {"": run, "task": task_config, "dataset": dataset, "loss": loss}
     left = {path: why for where, node in sections.items() for path, why in ignored(node, where)}

@@ -11,9 +11,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nca_cli.config import choice, parse, require
-from nca_cli.engine.damage import DAMAGE_KINDS
-from nca_cli.engine.schema import ModelConfig, validate_model
-from nca_cli.measures.protocol import ProtocolSteps, validate_protocol_steps
+from nca_cli.engine.schema import DAMAGE_KINDS, ModelConfig, validate_model
+from nca_cli.measures.steps import ProtocolSteps, validate_protocol_steps
 
 
 @dataclass

@@ -25,11 +25,10 @@ from torch import Tensor
 from nca_cli.atomic import remove_stale_temporaries, write_text_atomic
 from nca_cli.compute import configure_cpu
 from nca_cli.datasets.splits import save_splits
-from nca_cli.engine.cascade import build_model
 from nca_cli.engine.pool import Batch, SamplePool, renew
 from nca_cli.images import save_gif, save_png, tile, upscale
 from nca_cli.masking import mask_secrets
-from nca_cli.tasks import task_class
+from nca_cli.training.build import build_run
 from nca_cli.training.checkpoint import (
     CHECKPOINT_NAME,
     FORMAT,
@@ -73,11 +72,8 @@ class Trainer:
         self.run = run = parse_run_config(config)
         configure_cpu(run.threads)
         self.device = torch.device(run.device)
-        self.task = task_class(str(run.task.get("name", "")))(run)
-        torch.manual_seed(run.seed)
-        self.nca = build_model(
-            run.model, run.perception, self.task.layout, self.task.alive_channel
-        ).to(self.device)
+        self.task, nca = build_run(run)
+        self.nca = nca.to(self.device)
         # Modules the task trains beside the NCA (a GAN's discriminator), or None.
         self.cotrained = self.task.build_cotrained(self.device)
         self.cotrained_metrics: dict[str, float] = {}

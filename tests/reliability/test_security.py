@@ -184,7 +184,7 @@ def test_no_secret_reaches_a_run_folder(tmp_path: Path) -> None:
 def _postgres_fixture() -> Any:
     """The throw-away PostgreSQL server of the sweep tests (trust authentication: the
     password in a URL is accepted, whatever it is)."""
-    path = Path(__file__).resolve().parents[1] / "test_sweep_postgres.py"
+    path = Path(__file__).resolve().parents[1] / "sweeping" / "test_sweep_postgres.py"
     spec = importlib.util.spec_from_file_location("nca_sweep_postgres_fixture", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,7 +1,7 @@
 """One training rollout of the self-classifying MNIST notebook's own model (google-research/
 self-organising-systems, notebooks/mnist_ca.ipynb: CAModel, individual_l2_loss), in float64,
 with every cell firing and the residual noise given, so that nca's step, loss and gradients
-can be checked against it on the same weights and digits (tests/test_mnist_notebook.py).
+can be checked against it on the same weights and digits (tests/reproduction/test_mnist_notebook.py).
 
   python mnist_notebook_rollout.py IN.npz OUT.npz
 IN holds the Keras weights k0 b0 k1 b1 k2 b2, the states x (B, 28, 28, 20), the labels y

@@ -36,7 +36,7 @@ from nca_cli.training.loggers import NullLogger
 from nca_cli.training.schema import parse_run_config
 from nca_cli.training.trainer import train
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 STEPS = ProtocolSteps(stage1=[4, 6], stage2=9, perturb_at=10, stage3=20)
 STEP_FLAGS = ["--stage1", "4", "6", "--stage2", "9", "--perturb-at", "10", "--stage3", "20"]
 CHECK = [

@@ -259,7 +259,7 @@ def test_weak_trial_is_pruned_from_its_intermediate_values(monkeypatch: pytest.M
 
 
 def test_wheel_ships_the_sweeper_plugin_and_presets(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run(
         [*pip, "-w", str(tmp_path), str(repo)],

@@ -207,7 +207,8 @@ def test_mnist_evaluation_averages_steps_20_to_30_and_scores_step_200() -> None:
 def test_eval_protocol_runs_on_every_task(name: str, tmp_path: Path) -> None:
     """What `nca eval` runs, with damage and, where the task mutates, with mutation."""
     from nca_cli.evaluation.runs import load_run
-    from nca_cli.measures.protocol import ProtocolConfig, ProtocolSteps, figures, run_protocol
+    from nca_cli.measures.protocol import ProtocolConfig, figures, run_protocol
+    from nca_cli.measures.steps import ProtocolSteps
 
     train(compose([*SMOKE, *TASKS[name]]), tmp_path)
     loaded = load_run(tmp_path / "last.ckpt")

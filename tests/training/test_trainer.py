@@ -37,7 +37,7 @@ SMOKE = ["trainer=smoke", "logger=none"]
 
 def presets() -> list[tuple[str, str]]:
     """Every (group, option) of the shipped config tree (conf/reproduce holds reproductions,
-    not training presets: tests/test_reproduce.py checks them)."""
+    not training presets: tests/reproduction/test_reproduce.py checks them)."""
     root = resources.files("nca_cli.conf")
     found = []
     for group in root.iterdir():

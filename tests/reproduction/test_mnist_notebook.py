@@ -30,7 +30,7 @@ NOTEBOOK = ["experiment=mnist_notebook", "logger=none"]
 @pytest.fixture(scope="module")
 def notebook() -> tuple[MNISTTask, dict[str, Any]]:
     """The task, loaded once (the 70k digits take seconds) from the shared data."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("NCA_DATA_DIR", os.environ.get("NCA_DATA_DIR", str(shared)))
         config = compose(NOTEBOOK)

@@ -1,0 +1,46 @@
+"""The steps of the regeneration protocol, in one place for ``nca eval``'s options, the
+trainer's regeneration check and the reproductions (no torch: ``nca eval --help`` reads
+its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nca_cli.config import require
+
+
+@dataclass
+class ProtocolSteps:
+    """The regeneration protocol of the NCA review (Spitznagel & Keuper 2026): Stage 1 is
+    the mean over steps ``stage1`` (both ends included), Stage 2 the step ``stage2``, the
+    perturbation hits the state after ``perturb_at`` steps, Stage 3 is step ``stage3``."""
+
+    stage1: list[int] = field(default_factory=lambda: [64, 96])
+    stage2: int = 149
+    perturb_at: int = 150
+    stage3: int = 449
+
+
+def validate_protocol_steps(steps: ProtocolSteps, where: str) -> None:
+    """Stages in order: Stage 1 and 2 before the perturbation, Stage 3 after it."""
+    lo_hi = steps.stage1
+    require(
+        len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1] <= steps.perturb_at,
+        f"{where}.stage1",
+        lo_hi,
+        f"a window [first, last] of steps with 0 <= first <= last <= perturb_at "
+        f"({steps.perturb_at})",
+    )
+    require(
+        0 <= steps.stage2 <= steps.perturb_at,
+        f"{where}.stage2",
+        steps.stage2,
+        f"a step between 0 and perturb_at ({steps.perturb_at})",
+    )
+    require(steps.perturb_at >= 1, f"{where}.perturb_at", steps.perturb_at, "a step >= 1")
+    require(
+        steps.stage3 > steps.perturb_at,
+        f"{where}.stage3",
+        steps.stage3,
+        f"a step after perturb_at ({steps.perturb_at})",
+    )
