@@ -211,7 +211,7 @@ def test_an_interrupted_reproduction_resumes_without_retraining_finished_runs(
     args = [
         "mnist-review",
         "--budget",
-        "0.0005",  # 50 iterations a run
+        "0.001",  # 100 iterations a run: long enough to be interrupted while training
         "--dir",
         str(folder),
         "--samples",
@@ -225,7 +225,6 @@ def test_an_interrupted_reproduction_resumes_without_retraining_finished_runs(
     while not (second_run / "last.ckpt").is_file():  # the first run finished, the second began
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
         time.sleep(0.2)
-    time.sleep(0.5)
     first.send_signal(signal.SIGINT)  # Ctrl-C
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 130, out
@@ -239,7 +238,7 @@ def test_an_interrupted_reproduction_resumes_without_retraining_finished_runs(
     assert "mse seed 0: finished before, skipped" in out
     assert "cross_entropy seed 0: resuming" in out
     assert done.stat().st_mtime_ns == stamp
-    assert json.loads((second_run / "metrics.json").read_text())["iteration"] == 50
+    assert json.loads((second_run / "metrics.json").read_text())["iteration"] == 100
     assert "continuing" in (second_run / "train.log").read_text()
 
 
