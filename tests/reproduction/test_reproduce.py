@@ -194,12 +194,19 @@ def test_runs_trains_the_named_runs_and_the_table_keeps_earlier_ones(tmp_path: P
         reproduce(spec, folder, 2e-5, extra, only=["mse", "nope"])
 
 
+def _ctrl_c_reaches() -> None:
+    """A process started from a background job inherits SIGINT ignored (and Python then
+    raises no KeyboardInterrupt): give the command the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _nca(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "nca_cli", "reproduce", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ctrl_c_reaches,
         **kwargs,  # type: ignore[call-overload]
     )
 
