@@ -56,6 +56,7 @@ from nca_cli.engine.perception import (
 )
 from nca_cli.engine.perception_base import Perception, pad, rows
 from nca_cli.engine.perception_learned import AttentionPerception, DeformablePerception
+from nca_cli.engine.schema import PADDINGS  # the borders pad() and the native alive mask read
 from nca_cli.engine.shards import batch_shards, run_shards
 from nca_cli.engine.update import ACTIVATIONS, UpdateMLP
 
@@ -79,8 +80,6 @@ class StepModel(Protocol):
 
 # What the fused step implements, by name (:func:`supports`). States of these types:
 DTYPES = (torch.float32, torch.float64)
-# Borders: F.pad's modes, as :func:`pad` and the native alive mask read them.
-PADDINGS = ("zeros", "circular", "reflect", "replicate")
 # Perceptions it calls as they are: pure functions of the state whose ``at_cells`` (where
 # they have one) are the grid's features at those cells; the zero-padded Sobel perception
 # also has its own filter-major form. Attention and deformable convolution have no per-cell
