@@ -10,10 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nca_cli.engine.schema import DAMAGE_KINDS
-from nca_cli.measures.steps import ProtocolSteps
-
-# The protocol's steps, the defaults of --stage1, --stage2, --perturb-at and --stage3.
-STEPS = ProtocolSteps()
+from nca_cli.measures.steps import ProtocolSteps, review_steps
 
 DESCRIPTION = """\
 Evaluate how a trained NCA regenerates. Samples grow from their seeds (or, for data
@@ -136,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of a classification task) with the task's mutation, keeping the state",
     )
     proto = p.add_argument_group("protocol")
+    steps = review_steps()  # the defaults of --stage1, --stage2, --perturb-at and --stage3
     proto.add_argument(
         "--samples",
         type=int,
@@ -161,32 +159,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage1",
         type=int,
         nargs=2,
-        default=STEPS.stage1,
+        default=steps.stage1,
         metavar=("FIRST", "LAST"),
         help="Stage 1: the metric averaged over these steps, both included (default "
-        f"{STEPS.stage1[0]} {STEPS.stage1[1]})",
+        f"{steps.stage1[0]} {steps.stage1[1]})",
     )
     proto.add_argument(
         "--stage2",
         type=int,
-        default=STEPS.stage2,
+        default=steps.stage2,
         metavar="STEP",
         help="Stage 2: the metric before the perturbation, m_pre of Recovery%% (default "
-        f"{STEPS.stage2})",
+        f"{steps.stage2})",
     )
     proto.add_argument(
         "--perturb-at",
         type=int,
-        default=STEPS.perturb_at,
+        default=steps.perturb_at,
         metavar="STEP",
-        help=f"the state after this many steps is perturbed (default {STEPS.perturb_at})",
+        help=f"the state after this many steps is perturbed (default {steps.perturb_at})",
     )
     proto.add_argument(
         "--stage3",
         type=int,
-        default=STEPS.stage3,
+        default=steps.stage3,
         metavar="STEP",
-        help=f"Stage 3: the metric after regrowth, m_final of Recovery%% (default {STEPS.stage3})",
+        help=f"Stage 3: the metric after regrowth, m_final of Recovery%% (default {steps.stage3})",
     )
     sets = p.add_argument_group("sample sets and comparison (instead of the protocol)")
     sets.add_argument(

@@ -1,26 +1,13 @@
-"""``nca kfold``: k-fold cross-validation; every fold is a normal training run.
-
-Folds run as a Hydra multirun of the training app (sequential by default, in parallel with
-``hydra/launcher=joblib``), each into ``<kfold dir>/fold_<i>/`` with a fresh model,
-optimiser, scheduler and pool; ``dir=`` or ``hydra.sweep.dir=`` names the k-fold folder.
-Re-running on the same folder skips finished folds and continues interrupted ones from
-their last checkpoint. A diverged fold does not stop the others: the summary covers the
-folds that finished and the exit status is 1.
-"""
+"""``nca kfold``: the arguments of ``nca_cli.api.kfold`` (see ``crossval/kfold.py``), and its
+outcomes as exit statuses: a diverged fold does not stop the others, the summary covers the
+folds that finished and the exit status is 1."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig
-
-from nca_cli.commands import train
-from nca_cli.commands.hydra_app import run_app
 from nca_cli.config import ConfigError
 from nca_cli.shortcuts import expand
 
@@ -71,7 +58,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     except ConfigError as err:
         parser.error(str(err))
     try:
-        args.k = int(special.get("k", "5"))
+        args.k = int(special["k"]) if "k" in special else None
     except ValueError:
         parser.error(f"k must be an integer, got {special['k']!r}")
     args.splits = Path(special["splits"]) if "splits" in special else None
@@ -109,188 +96,41 @@ def resolve_folder(value: str) -> Path:
         ) from None
 
 
-def prepare(
-    overrides: list[str], k: int, folder: Path, splits: Path | None
-) -> tuple[list[Path], dict[str, Any]]:
-    """Write the fold files into ``folder`` (reusing ``folds.json`` when it exists)."""
-    from nca_cli.composition import compose
-    from nca_cli.config import ConfigError
-    from nca_cli.crossval import FOLDS_FILE, case_pool, load_folds, make_folds, write_folds
-    from nca_cli.training.checks import check_config
-
-    training = [o for o in overrides if not o.startswith(("hydra", "+hydra"))]
-    config = compose(training)
-    check_config(config, training)
-    pool = case_pool(config)
-    saved = folder / FOLDS_FILE
-    if saved.is_file():
-        folds = load_folds(saved, set(pool.cases))
-    elif splits is not None:
-        folds = load_folds(splits, set(pool.cases) | set(pool.test))
-    else:
-        folds = make_folds(pool.cases, k, pool.seed, pool.labels)
-    if len(folds) != k:
-        raise ConfigError(f"invalid value for 'k': {k}; the fold file holds {len(folds)} folds")
-    return write_folds(folder, folds, pool.test), config
-
-
-def report(folder: Path, k: int, config: dict[str, Any]) -> dict[str, Any]:
-    """summary.json, a console table, a plot of per-fold metrics, and a W&B summary, over
-    the folds that finished (a failed fold's column reads "failed")."""
-    from rich.table import Table
-
-    from nca_cli.crossval import log_fold_summary, plot_folds, summarize
-    from nca_cli.tables import table_console
-
-    summary = summarize(folder, k, partial=True)
-    done = summary["folds"]
-    title = f"{k}-fold cross-validation: {folder}"
-    if len(done) < k:
-        title += f" ({len(done)} of {k} folds finished)"
-    table = Table(title=title)
-    table.add_column("metric")
-    for i in range(k):
-        table.add_column(f"fold {i}", justify="right")
-    table.add_column("mean ± std", justify="right")
-    for name, m in summary["metrics"].items():
-        values = dict(zip(done, m["values"], strict=True))
-        cells = [f"{values[i]:.4g}" if i in values else "failed" for i in range(k)]
-        table.add_row(name, *cells, f"{m['mean']:.4g} ± {m['std']:.2g}")
-    table_console().print(table)
-    plot_folds(folder / "folds.png", summary)
-    log_fold_summary(folder, summary, config)
-    return summary
-
-
-COMMAND_FILE = "kfold.json"  # k and the overrides, so that `nca kfold dir=...` resumes alone
-STATUS_FILE = "status.json"  # what each fold's run folder holds: finished, interrupted, ...
-
-
-def saved_command(
-    folder: Path, argv: list[str], k: int, overrides: list[str]
-) -> tuple[int, list[str]]:
-    """``k`` and the overrides of the k-fold in ``folder``, unless given again."""
-    path = folder / COMMAND_FILE
-    if not path.is_file():
-        return k, overrides
-    saved = json.loads(path.read_text())
-    if not any(a.startswith("k=") for a in argv):
-        k = int(saved["k"])
-    return k, overrides or [str(o) for o in saved["overrides"]]
-
-
-def fold_states(folder: Path, k: int) -> list[str]:
-    """``fold_<i>: finished`` / ``interrupted at iteration N (checkpoint kept)`` / ..."""
-    from nca_cli.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-
-    states = []
-    for i in range(k):
-        run = folder / f"fold_{i}"
-        if (run / "metrics.json").is_file():
-            state = "finished"
-        elif (run / "error.txt").is_file():
-            reason = (run / "error.txt").read_text().strip().splitlines() or ["unknown error"]
-            state = f"failed: {reason[0]}"
-        elif (run / CHECKPOINT_NAME).is_file():
-            try:
-                iteration = load_checkpoint(run / CHECKPOINT_NAME)["iteration"]
-                state = f"interrupted at iteration {iteration} (checkpoint kept)"
-            except CheckpointError as err:
-                state = f"failed ({err})"
-        else:
-            state = "not started"
-        states.append(f"fold_{i}: {state}")
-    return states
-
-
-def fold_job(cfg: DictConfig) -> dict[str, float] | None:
-    """``nca train``'s app for one fold, except that a diverged fold (exit status 1, its
-    reason in error.txt) returns: Hydra's sweeper would end the multirun on its SystemExit,
-    and the other folds must still train. Bad input (2) and Ctrl-C (130) still stop all."""
-    try:
-        return train.job(cfg)
-    except SystemExit as stop:
-        if stop.code != 1:
-            raise
-        return None
-
-
 def main(argv: list[str]) -> None:
-    from hydra.errors import HydraException
-
-    from nca_cli.atomic import write_text_atomic
-    from nca_cli.crossval import FOLDS_FILE
+    from nca_cli.api import kfold
+    from nca_cli.crossval.kfold import KFoldStopped
     from nca_cli.datasets.storage import DataError
-    from nca_cli.paths import output_root
 
     args, overrides = parse_args(argv)
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-    folder = args.folder or output_root() / "kfold" / stamp
-    created = not folder.exists()
     try:
-        resuming = (folder / FOLDS_FILE).is_file()
-        if args.dir is not None and not resuming:
-            raise ConfigError(
-                f"invalid value for 'dir': {str(args.dir)!r} is not a k-fold folder (it holds "
-                "no folds.json)"
-            )
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"invalid value for 'hydra.sweep.dir': {str(folder)!r} is a file")
-        if resuming:
-            args.k, overrides = saved_command(folder, argv, args.k, overrides)
-            print(f"nca kfold: resuming {folder}: " + "; ".join(fold_states(folder, args.k)))
-        folder.mkdir(parents=True, exist_ok=True)
-        paths, config = prepare(overrides, args.k, folder, args.splits)
-        if not (folder / COMMAND_FILE).is_file():
-            command = {"k": args.k, "overrides": overrides}
-            write_text_atomic(folder / COMMAND_FILE, json.dumps(command, indent=1) + "\n")
-    except (ConfigError, DataError, HydraException) as err:  # Hydra's: a bad override
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # nothing was written: no half-made k-fold folder stays behind
+        result = kfold(
+            overrides,
+            k=args.k,
+            folder=args.folder,
+            splits=args.splits,
+            resume_only=args.dir is not None,
+            say=lambda line: print(f"nca kfold: {line}"),
+        )
+    except (ConfigError, DataError) as err:
         print(f"nca kfold: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"nca kfold: {args.k} folds in {folder}")
-    folds = [
-        "-m",
-        f"dataset.splits={','.join(str(p) for p in paths)}",
-        f"logger.group=kfold-{folder.name}",
-        *overrides,
-        # last, over any saved in an older kfold.json: the folds go where resume and the
-        # summary look for them
-        f"hydra.sweep.dir={folder}",
-        "hydra.sweep.subdir=fold_${hydra.job.num}",
-    ]
-    try:
-        run_app(fold_job, folds)
-    except (SystemExit, KeyboardInterrupt) as stop:  # interrupted, or bad input in a fold
-        code = stop.code if isinstance(stop, SystemExit) else 130
-        if code in (0, None):
-            raise
-        states = fold_states(folder, args.k)
-        write_text_atomic(folder / STATUS_FILE, json.dumps(states, indent=1) + "\n")
+    except KFoldStopped as stop:
         print(
-            f"nca kfold: stopped: {'; '.join(states)}. Finished folds are kept; run again "
-            f"to resume (finished folds are skipped, interrupted ones continue):\n"
-            f"  nca kfold dir={folder}",
+            f"nca kfold: {stop}. Finished folds are kept; run again to resume (finished "
+            f"folds are skipped, interrupted ones continue):\n  nca kfold dir={stop.folder}",
             file=sys.stderr,
         )
-        sys.exit(code if isinstance(code, int) else 1)
-    states = fold_states(folder, args.k)
-    write_text_atomic(folder / STATUS_FILE, json.dumps(states, indent=1) + "\n")
-    failed = sum(not s.endswith(": finished") for s in states)
-    if failed < args.k:
-        try:
-            report(folder, args.k, config)
-        except DataError as err:
-            print(f"nca kfold: error: {err}", file=sys.stderr)
-            sys.exit(1)
-    if failed:
-        covered = "the summary covers the others" if failed < args.k else "no summary"
+        sys.exit(stop.code)
+    if result.summary_error is not None:
+        print(f"nca kfold: error: {result.summary_error}", file=sys.stderr)
+        sys.exit(1)
+    if result.failed:
+        covered = "the summary covers the others" if result.failed < result.k else "no summary"
         print(
-            f"nca kfold: {failed} of {args.k} folds failed; {covered}:\n  "
-            + "\n  ".join(states)
+            f"nca kfold: {result.failed} of {result.k} folds failed; {covered}:\n  "
+            + "\n  ".join(result.states)
             + "\nThe failed folds' error.txt and train.log say more. Run again to retry "
-            f"them (finished folds are skipped):\n  nca kfold dir={folder}",
+            f"them (finished folds are skipped):\n  nca kfold dir={result.folder}",
             file=sys.stderr,
         )
         sys.exit(1)

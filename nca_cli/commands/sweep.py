@@ -7,42 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from nca_cli import shortcuts
-from nca_cli.commands.hydra_app import run_app
 from nca_cli.config import ConfigError
-from nca_cli.sweeping.config import ALIASES
-
-# Hydra modes that exclude --multirun.
-OTHER_MODES = {
-    "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help", "-sc",
-    "--shell-completion", "-r", "--run", "-m", "--multirun",
-}  # fmt: skip
-
-
-def expand(argv: list[str]) -> list[str]:
-    """Hydra arguments from the command line: the training shortcuts and the sweeper's
-    shorthands spelled out, ``-m`` added, and ``n_jobs=N`` (N > 1) runs trials in parallel
-    with the joblib launcher unless another launcher is chosen."""
-    out = shortcuts.expand(argv, {**shortcuts.SHORTCUTS, **ALIASES})
-    launcher = any(a.startswith("hydra/launcher=") for a in argv)
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key == "n_jobs" and not launcher and value.isdigit() and int(value) > 1:
-            out += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={value}"]
-    if not any(a.split("=", 1)[0] in OTHER_MODES for a in out):
-        out.insert(0, "-m")
-    return out
-
-
-def app(cfg: DictConfig) -> dict[str, float]:
-    from hydra.core.hydra_config import HydraConfig
-
-    from nca_cli.sweeping.cv import fold_evaluator
-    from nca_cli.sweeping.trial import run_trial
-
-    return run_trial(cfg, fold_evaluator(HydraConfig.get()))  # cv.k: a k-fold per trial
 
 
 def summarize_main(argv: list[str]) -> int:
@@ -75,16 +40,13 @@ def summarize_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> None:
     if argv[:1] == ["summarize"]:
         sys.exit(summarize_main(argv[1:]))
-    from nca_cli.sweeping.config import register
+    from nca_cli.api import sweep
 
-    register()
     try:
-        args = expand(argv)
+        sweep(argv)
     except ConfigError as err:
         print(f"nca sweep: error: {err}", file=sys.stderr)
         sys.exit(2)
-    try:
-        run_app(app, args, "sweep")
     except KeyboardInterrupt:
         print("nca sweep: interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

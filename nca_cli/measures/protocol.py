@@ -21,7 +21,7 @@ from nca_cli.engine.damage import DamageConfig, damage_mask, validate_damage
 from nca_cli.images import to_uint8
 from nca_cli.measures import EvalError
 from nca_cli.measures.metrics import IMAGE_METRICS, image_metrics, recovery_pct, summary
-from nca_cli.measures.steps import ProtocolSteps, validate_protocol_steps
+from nca_cli.measures.steps import ProtocolSteps, review_steps, validate_protocol_steps
 
 if TYPE_CHECKING:
     from nca_cli.engine.cascade import CascadeNCA
@@ -53,7 +53,7 @@ class ProtocolConfig:
     ``curve_every`` > 0 also measures every that many steps for the metric curve (the
     stage steps are always measured); ``detail`` keeps pictures and the uncertainty map."""
 
-    steps: ProtocolSteps = field(default_factory=ProtocolSteps)
+    steps: ProtocolSteps = field(default_factory=review_steps)
     samples: int = 8
     seed: int = 0
     damage: DamageConfig | None = field(default_factory=lambda: default_damage("circle"))

@@ -1,24 +1,32 @@
-"""The steps of the regeneration protocol, in one place for ``nca eval``'s options, the
-trainer's regeneration check and the reproductions (no torch: ``nca eval --help`` reads
-its defaults)."""
+"""The steps of the regeneration protocol (no torch: ``nca eval --help`` reads them). The
+review's values live in ``conf/protocol/review.yaml``, which the trainer presets load too."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib import resources
 
-from nca_cli.config import require
+from nca_cli.config import parse, require
 
 
 @dataclass
 class ProtocolSteps:
-    """The regeneration protocol of the NCA review (Spitznagel & Keuper 2026): Stage 1 is
-    the mean over steps ``stage1`` (both ends included), Stage 2 the step ``stage2``, the
-    perturbation hits the state after ``perturb_at`` steps, Stage 3 is step ``stage3``."""
+    """Stage 1 is the mean over steps ``stage1`` (both ends included), Stage 2 the step
+    ``stage2``, the perturbation hits the state after ``perturb_at`` steps, Stage 3 is step
+    ``stage3``."""
 
-    stage1: list[int] = field(default_factory=lambda: [64, 96])
-    stage2: int = 149
-    perturb_at: int = 150
-    stage3: int = 449
+    stage1: list[int]
+    stage2: int
+    perturb_at: int
+    stage3: int
+
+
+def review_steps() -> ProtocolSteps:
+    """The protocol steps of the NCA review (Spitznagel & Keuper 2026)."""
+    import yaml
+
+    text = resources.files("nca_cli.conf").joinpath("protocol/review.yaml").read_text()
+    return parse(yaml.safe_load(text), ProtocolSteps, "protocol")
 
 
 def validate_protocol_steps(steps: ProtocolSteps, where: str) -> None:

@@ -173,14 +173,10 @@ def save_plan(folder: Path, spec: Reproduction, budget: float, runs: list[Planne
 
 
 def state(run: PlannedRun) -> str:
-    """finished, failed (its error.txt), interrupted at iteration N, or not started."""
-    if (run.folder / "metrics.json").is_file():
-        return "finished"
-    if (run.folder / "error.txt").is_file():
-        return "failed: " + (run.folder / "error.txt").read_text().strip().splitlines()[0]
-    if (run.folder / "last.ckpt").is_file():
-        return "interrupted"
-    return "not started"
+    """What its folder holds: finished, failed, interrupted at iteration N, not started."""
+    from nca_cli.training.run_folder import run_state
+
+    return run_state(run.folder)
 
 
 class Processes:
@@ -224,7 +220,7 @@ def train_one(run: PlannedRun, say: Callable[[str], None], processes: Processes)
         say(f"{run.run} seed {run.seed}: finished before, skipped")
         return 0
     run.folder.mkdir(parents=True, exist_ok=True)
-    how = "resuming" if state(run) == "interrupted" else "training"
+    how = "resuming" if state(run).startswith("interrupted") else "training"
     say(f"{run.run} seed {run.seed}: {how} ({run.iterations} iterations)\n  {run.command}")
     start = time.perf_counter()
     with (run.folder / "reproduce.log").open("a") as log:

@@ -15,7 +15,7 @@ import yaml
 
 from nca_cli.config import ConfigError, choice, parse, require
 from nca_cli.engine.schema import DAMAGE_KINDS
-from nca_cli.measures.steps import ProtocolSteps
+from nca_cli.measures.steps import ProtocolSteps, review_steps
 
 # The evaluation kinds: the task's own figures on a split (MNIST: accuracy at steps
 # 20-30), the regeneration protocol of `nca eval` (stages, Recovery%), or `nca eval --sets`.
@@ -54,7 +54,7 @@ class EvaluationSpec:
     # protocol
     perturbation: str = "none"
     damage: DamageSpec | None = None
-    steps: ProtocolSteps = field(default_factory=ProtocolSteps)
+    steps: ProtocolSteps = field(default_factory=review_steps)
     # sets
     sets: list[str] = field(default_factory=list)
     # changes to the run's saved config for this evaluation (as `nca eval key=value`)

@@ -53,7 +53,7 @@ def study_folds(
     """The study's number of folds (None: its trials are single runs), after drawing its
     folds (first run) or checking them against this run's settings and data (later runs,
     other workers), and writing them to ``<sweep dir>/splits/``."""
-    from nca_cli.crossval import CasePool, case_pool, load_folds, make_folds
+    from nca_cli.crossval.folds import CasePool, case_pool, load_folds, make_folds
     from nca_cli.datasets.storage import DataError
 
     pool: CasePool | None = None
@@ -110,7 +110,7 @@ def _cases(stored: Mapping[str, Any]) -> set[str]:
 def write_split_files(folder: Path, folds: list[dict[str, list[str]]], test: list[str]) -> None:
     """``folds.json`` and ``fold_<i>.json`` unless they already hold exactly these folds
     (another worker wrote them): files that trials are reading are not replaced."""
-    from nca_cli.crossval import FOLDS_FILE, write_folds
+    from nca_cli.crossval.folds import FOLDS_FILE, write_folds
 
     try:
         same = json.loads((folder / FOLDS_FILE).read_text()) == folds and all(
@@ -132,7 +132,7 @@ def split_file(sweep_dir: Path, fold: int) -> Path:
 def trial_summary(run_dir: Path, metric: str) -> tuple[dict[str, float], dict[str, Any]] | None:
     """A finished cross-validated trial's mean metrics and its user attributes (``std`` and
     ``fold_values`` of the objective), from its ``summary.json``; None when unfinished."""
-    from nca_cli.crossval import SUMMARY_FILE
+    from nca_cli.crossval.folds import SUMMARY_FILE
 
     try:
         summary = json.loads((run_dir / SUMMARY_FILE).read_text())
@@ -193,7 +193,7 @@ def evaluate_folds(
     """Train the k folds of ``config`` into ``run_dir/fold_<i>/`` (``n_jobs`` at a time),
     report the running mean of the objective after each fold but the last, and return the
     mean of every metric over the folds (``summary.json`` has the rest)."""
-    from nca_cli.crossval import log_fold_summary, plot_folds, summarize
+    from nca_cli.crossval.folds import log_fold_summary, plot_folds, summarize
 
     del checkpoint  # the folds keep their own checkpoints
     configs = [fold_config(config, i, plan) for i in range(plan.k)]
@@ -239,22 +239,11 @@ def run_fold(config: dict[str, Any], fold_dir: Path) -> dict[str, float]:
     """One fold as a normal run (its own ``train.log``); a finished fold is not trained
     again and an interrupted one continues from its last checkpoint. Returns the fold's
     ``metrics.json``, what its summary is made of."""
-    from nca_cli.training.run_folder import finished_metrics, train_in_folder
+    from nca_cli.training.run_folder import finished_metrics, logging_to, train_in_folder
 
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(fold_dir / "train.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
-    try:
+    with logging_to(fold_dir):
         metrics = dict(train_in_folder(config, fold_dir))
         return finished_metrics(fold_dir) or metrics
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        handler.close()
 
 
 def take_over_folds(run_dir: Path, configs: list[dict[str, Any]], plan: FoldPlan) -> None:

@@ -8,18 +8,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from nca_cli.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from nca_cli.training.trainer import Report, train
 
 log = logging.getLogger(__name__)
+ERROR_FILE = "error.txt"  # why a run failed (divergence), beside its last good checkpoint
+METRICS_FILE = "metrics.json"  # written when training completes
 
 
 def finished_metrics(run_dir: Path) -> dict[str, float] | None:
     """The final metrics of a run folder whose training completed, else None."""
-    path = run_dir / "metrics.json"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
     return {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, int | float)}
@@ -42,3 +46,40 @@ def train_in_folder(
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
         log.info("continuing %s from iteration %d", run_dir, checkpoint["iteration"])
     return train(config, run_dir, checkpoint, report=report, stop=stop)
+
+
+def run_state(run_dir: Path) -> str:
+    """``finished``, ``failed: <reason>`` (its error.txt), ``interrupted at iteration N
+    (checkpoint kept)`` or ``not started``: what a k-fold or a reproduction reports of
+    each of its runs."""
+    if (run_dir / METRICS_FILE).is_file():
+        return "finished"
+    if (run_dir / ERROR_FILE).is_file():
+        reason = (run_dir / ERROR_FILE).read_text().strip().splitlines() or ["unknown error"]
+        return f"failed: {reason[0]}"
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        try:
+            iteration = load_checkpoint(run_dir / CHECKPOINT_NAME)["iteration"]
+        except CheckpointError as err:
+            return f"failed ({err})"
+        return f"interrupted at iteration {iteration} (checkpoint kept)"
+    return "not started"
+
+
+@contextmanager
+def logging_to(run_dir: Path) -> Iterator[None]:
+    """The run's ``train.log`` when no Hydra job writes one (a fold of a cross-validated
+    trial, a run started from the library API): every INFO record, as Hydra's job log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()

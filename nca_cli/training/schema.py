@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from nca_cli.config import choice, parse, require
 from nca_cli.engine.schema import DAMAGE_KINDS, ModelConfig, validate_model
-from nca_cli.measures.steps import ProtocolSteps, validate_protocol_steps
+from nca_cli.measures.steps import ProtocolSteps, review_steps, validate_protocol_steps
 
 
 @dataclass
@@ -90,7 +90,7 @@ class RegenCheckConfig:
     every: int = 0
     samples: int = 2
     perturbation: str = "circle"
-    steps: ProtocolSteps = field(default_factory=ProtocolSteps)
+    steps: ProtocolSteps = field(default_factory=review_steps)
 
     def ignored(self) -> dict[str, str]:
         if self.enabled:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from nca_cli.composition import compose
-from nca_cli.crossval import case_pool, make_folds
+from nca_cli.crossval.folds import case_pool, make_folds
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from nca_cli.training.trainer import Trainer
 

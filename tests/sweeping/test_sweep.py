@@ -17,7 +17,8 @@ import yaml
 from optuna.trial import TrialState
 from sweep_support import in_process, load, sweep_root
 
-from nca_cli.commands import sweep
+from nca_cli.commands.sweep import summarize_main
+from nca_cli.sweeping import run as sweep
 from nca_cli.sweeping.space import format_value, split_arguments
 from nca_cli.sweeping.study import masked
 
@@ -186,7 +187,7 @@ def test_grid_writes_one_run_per_value_and_resumes(
     (sweep_dir / "trials.csv").unlink()
     for png in (sweep_dir / "plots").iterdir():
         png.unlink()
-    assert sweep.summarize_main([str(sweep_dir)]) == 0
+    assert summarize_main([str(sweep_dir)]) == 0
     assert (sweep_dir / "trials.csv").is_file() and (sweep_dir / "plots" / "history.png").is_file()
 
     again = ["fire_rate=0.3,0.5,0.7", *SMOKE, f"study={sweep_dir.name}"]

@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 from sweep_support import in_process, load, sweep_root
 
-from nca_cli.commands import sweep
+from nca_cli.sweeping import run as sweep
 
 DATA = ["task=shapes", "trainer=smoke", "logger=none", "dataset.samples=30"]
 
@@ -163,7 +163,7 @@ def test_cv_shorthands() -> None:
 def test_study_split_is_drawn_once_and_checked(tmp_path: Path) -> None:
     from nca_cli.composition import compose
     from nca_cli.config import ConfigError
-    from nca_cli.crossval import case_pool, make_folds
+    from nca_cli.crossval.folds import case_pool, make_folds
     from nca_cli.sweeping.cv import study_folds
 
     base = compose(DATA)

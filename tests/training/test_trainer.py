@@ -35,13 +35,17 @@ from nca_cli.training.trainer import (
 SMOKE = ["trainer=smoke", "logger=none"]
 
 
+OTHERS = ("reproduce", "protocol")  # config groups that are not options of a training run
+
+
 def presets() -> list[tuple[str, str]]:
     """Every (group, option) of the shipped config tree (conf/reproduce holds reproductions,
-    not training presets: tests/reproduction/test_reproduce.py checks them)."""
+    not training presets: tests/reproduction/test_reproduce.py checks them; conf/protocol
+    holds the protocol steps that the trainer presets load)."""
     root = resources.files("nca_cli.conf")
     found = []
     for group in root.iterdir():
-        if group.is_dir() and not group.name.startswith("_") and group.name != "reproduce":
+        if group.is_dir() and not group.name.startswith("_") and group.name not in OTHERS:
             for option in group.iterdir():
                 if option.name.endswith(".yaml"):
                     found.append((group.name, option.name.removesuffix(".yaml")))

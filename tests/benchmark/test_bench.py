@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nca_cli.commands.bench import build_model, count_flops, load_cases
+from nca_cli.benchmark.cases import build_model, load_cases
+from nca_cli.benchmark.timing import count_flops
 from nca_cli.config import ConfigError
 from nca_cli.engine import native
 
@@ -45,7 +46,8 @@ def test_shipped_cases_build_the_published_models() -> None:
     }
     assert counts["growing"] == 8336 and counts["mnist"] == 22499
     growing = cases["growing"]
-    assert (growing.batch, growing.steps, growing.grid, growing.fire_rate) == (8, 64, [48, 48], 0.5)
+    assert (growing.batch, growing.steps, growing.grid) == (8, 64, [48, 48])
+    assert growing.model.fire_rate == 0.5
     assert cases["growing-dilated"].perception["kind"] == "multi"
     # The arithmetic of one growing iteration, as the performance issue counts it: ~61 GFLOP.
     train, infer = count_flops(build_model("growing", growing))
@@ -53,10 +55,29 @@ def test_shipped_cases_build_the_published_models() -> None:
     assert 58 < gflop < 62 and infer < train / 2.5
 
 
+def test_the_growing_case_is_the_growing_presets_model() -> None:
+    """Bench cases use the training config's own model and perception sections: the shipped
+    growing case times the model that ``nca train task=growing`` trains."""
+    from nca_cli.composition import compose
+    from nca_cli.config import parse
+    from nca_cli.engine.schema import ModelConfig
+
+    config = compose(["task=growing"])
+    case = load_cases(None)["growing"]
+    assert case.model == parse(config["model"], ModelConfig, "model")
+    assert case.perception.items() <= config["perception"].items()  # the rest: defaults
+
+
 def test_bad_case_files_name_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("cases:\n  x: {chanels: 16}\n")
     with pytest.raises(ConfigError, match="chanels"):
+        load_cases(bad)
+    bad.write_text("cases:\n  x: {model: {fire_rate: 2}}\n")  # the engine's own checks
+    with pytest.raises(ConfigError, match=r"cases\.x: .*model\.fire_rate"):
+        load_cases(bad)
+    bad.write_text("cases:\n  x: {model: {scales: [2, 1]}}\n")  # a cascade is not one NCA
+    with pytest.raises(ConfigError, match="scales"):
         load_cases(bad)
     bad.write_text("cases:\n  x: {params: 5}\n")
     with pytest.raises(ConfigError, match="8336 parameters"):
@@ -70,9 +91,10 @@ def test_bench_json_on_a_tiny_case(tmp_path: Path) -> None:
     cases.write_text(
         "cases:\n"
         "  tiny: {grid: [8, 8], batch: 2, steps: 2}\n"
-        "  tiny-mnist: {grid: [8, 8], batch: 2, steps: 2, channels: 20, inputs: 1,\n"
-        "    visible: 10, alpha: null, alive_mask: false, hidden: [80],\n"
-        "    perception: {kind: conv, features: 80, activation: relu}, update_noise: 0.02}\n"
+        "  tiny-mnist: {grid: [8, 8], batch: 2, steps: 2,\n"
+        "    model: {channels: 20, alive_mask: false, hidden: [80], update_noise: 0.02},\n"
+        "    layout: {inputs: 1, visible: 10, alpha: null},\n"
+        "    perception: {kind: conv, features: 80, activation: relu}}\n"
         "  tiny-bf16: {grid: [8, 8], batch: 2, steps: 2, bf16: true}\n"
     )
     out = nca(

@@ -1,4 +1,4 @@
-"""A command's Hydra app run on the command's own arguments.
+"""A Hydra app run on a given argument list (a command's, or the library API's).
 
 ``@hydra.main`` parses ``sys.argv``, which is ``nca <command> ...`` here; instead of
 rewriting it, a command hands its argument list to :func:`run_app`, which does what the
@@ -17,7 +17,7 @@ def run_app(
 ) -> None:
     """Run ``task_function`` as a Hydra app on ``argv`` (overrides and Hydra's own flags:
     ``-m``, ``--cfg job``, ``--help``, ``-sc``), composing ``conf/<config_name>.yaml``; the
-    job's name is the task function's module's (``train``, ``sweep``, ``kfold``)."""
+    job's name is the config's ``hydra.job.name`` (``train``: each job's log is train.log)."""
     from hydra import version
     from hydra._internal.utils import _run_hydra, get_args_parser
 

@@ -1,0 +1,133 @@
+"""The library that the commands wrap: plain functions a notebook or script calls with a
+composed config (or, where Hydra launches the runs, with the command's overrides).
+
+    from nca_cli import api
+    config = api.compose(["task=growing", "trainer.iterations=200", "logger=none"])
+    run_folder = Path("outputs/train/growing")
+    metrics = api.train(config, run_folder)        # resumes if interrupted
+    figures = api.evaluate(run_folder)             # the regeneration protocol
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nca_cli.benchmark.timing import BenchOptions
+    from nca_cli.crossval.kfold import KFoldResult
+    from nca_cli.measures.protocol import ProtocolConfig
+
+
+def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The training config that ``nca train <overrides>`` runs (shortcuts such as
+    ``fire_rate=`` allowed), checked: an override that the run would not read is an error."""
+    from nca_cli.composition import compose as compose_config
+    from nca_cli.shortcuts import expand
+    from nca_cli.training.checks import check_config
+
+    lines = expand(list(overrides))
+    config = compose_config(lines)
+    check_config(config, lines)
+    return config
+
+
+def train(
+    config: dict[str, Any], run_dir: Path | None = None, stop: threading.Event | None = None
+) -> dict[str, float]:
+    """Train ``config`` (from :func:`compose`) into ``run_dir``, by default a new folder
+    under the output root; a finished folder is not trained again and an interrupted one
+    continues from its ``last.ckpt``. Returns its metrics.json (the final metrics, the
+    iteration and the training seconds); setting ``stop`` ends the run at the end of its
+    step with its checkpoint written."""
+    from nca_cli.paths import output_root
+    from nca_cli.training.checks import check_config
+    from nca_cli.training.run_folder import finished_metrics, logging_to, train_in_folder
+
+    check_config(config)
+    if run_dir is None:
+        run_dir = output_root() / "train" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    with logging_to(run_dir):
+        metrics = train_in_folder(config, run_dir, stop=stop)
+    return finished_metrics(run_dir) or metrics
+
+
+def evaluate(
+    run: Path,
+    protocol: ProtocolConfig | None = None,
+    overrides: Sequence[str] = (),
+    wandb: bool = True,
+) -> dict[str, Any]:
+    """Run the regeneration protocol (defaults: the NCA review's, circle damage) on a run
+    folder or a checkpoint file; writes ``<run>/eval/<timestamp>/`` and returns eval.json's
+    figures (its ``out`` key names the folder)."""
+    from nca_cli.evaluation.evaluate import evaluate as evaluate_protocol
+    from nca_cli.evaluation.runs import find_checkpoint
+    from nca_cli.measures.protocol import ProtocolConfig
+
+    checkpoint = find_checkpoint(checkpoint=run) if run.is_file() else find_checkpoint(run)
+    protocol = protocol or ProtocolConfig()
+    out, summary = evaluate_protocol(checkpoint, protocol, list(overrides), wandb=wandb)
+    return {**summary, "out": str(out)}
+
+
+def evaluate_sets(
+    runs: Sequence[Path],
+    sets: Sequence[str] = (),
+    steps: int | None = None,
+    seed: int = 0,
+    wandb: bool = True,
+) -> dict[str, Any]:
+    """Grow every sample of the task's sets (all of them when ``sets`` is empty) with each
+    run; writes sets.json and grid.png and returns sets.json's figures."""
+    from nca_cli.evaluation.runs import find_checkpoint, load_run
+    from nca_cli.evaluation.sets import evaluate_sets as grow_sets
+
+    loaded = [
+        load_run(find_checkpoint(checkpoint=r) if r.is_file() else find_checkpoint(r), [])
+        for r in runs
+    ]
+    out, result = grow_sets(loaded, list(sets), steps, seed, wandb=wandb)
+    return {**result, "out": str(out)}
+
+
+def kfold(
+    overrides: Sequence[str],
+    k: int | None = None,
+    folder: Path | None = None,
+    splits: Path | None = None,
+    resume_only: bool = False,
+    say: Callable[[str], None] = print,
+) -> KFoldResult:
+    """K-fold cross-validation of the training config that ``overrides`` compose: one run
+    per fold in ``folder`` (a new one by default; an existing k-fold folder resumes), on the
+    Hydra launcher the overrides choose. See ``nca_cli.crossval.kfold.run_kfold``."""
+    from nca_cli.crossval.kfold import run_kfold
+    from nca_cli.shortcuts import expand
+
+    return run_kfold(expand(list(overrides)), k, folder, splits, resume_only, say)
+
+
+def sweep(overrides: Sequence[str]) -> None:
+    """A grid or Optuna search (``nca sweep``'s arguments: ``search=``, ``n_trials=``,
+    ``cv.k=``, ...); its study, trials' run folders and ``trials.csv`` go to the sweep folder
+    and the same call resumes it."""
+    from nca_cli.sweeping.run import run_sweep
+
+    run_sweep(list(overrides))
+
+
+def bench(
+    cases: Sequence[str] | None = None,
+    case_file: Path | None = None,
+    options: BenchOptions | None = None,
+) -> list[dict[str, Any]]:
+    """Time the named cases (all shipped ones by default; ``case_file`` adds a YAML file of
+    cases in ``conf/bench.yaml``'s format), each in its own process; one row per case."""
+    from nca_cli.benchmark.timing import BenchOptions, run_bench, select_cases
+
+    chosen = select_cases(list(cases) if cases else None, case_file)
+    return run_bench(chosen, options or BenchOptions())
