@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from nca_cli.benchmark.timing import BenchOptions
     from nca_cli.crossval.kfold import KFoldResult
     from nca_cli.measures.protocol import ProtocolConfig
+    from nca_cli.reproduction.reproduce import Outcome
 
 
 def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -65,12 +66,10 @@ def evaluate(
     folder or a checkpoint file; writes ``<run>/eval/<timestamp>/`` and returns eval.json's
     figures (its ``out`` key names the folder)."""
     from nca_cli.evaluation.evaluate import evaluate as evaluate_protocol
-    from nca_cli.evaluation.runs import find_checkpoint
     from nca_cli.measures.protocol import ProtocolConfig
 
-    checkpoint = find_checkpoint(checkpoint=run) if run.is_file() else find_checkpoint(run)
     protocol = protocol or ProtocolConfig()
-    out, summary = evaluate_protocol(checkpoint, protocol, list(overrides), wandb=wandb)
+    out, summary = evaluate_protocol(_checkpoint(run), protocol, list(overrides), wandb=wandb)
     return {**summary, "out": str(out)}
 
 
@@ -79,19 +78,28 @@ def evaluate_sets(
     sets: Sequence[str] = (),
     steps: int | None = None,
     seed: int = 0,
+    overrides: Sequence[str] = (),
+    lpips_net: str = "alex",
+    show: int = 4,
     wandb: bool = True,
 ) -> dict[str, Any]:
     """Grow every sample of the task's sets (all of them when ``sets`` is empty) with each
-    run; writes sets.json and grid.png and returns sets.json's figures."""
-    from nca_cli.evaluation.runs import find_checkpoint, load_run
+    run (a run folder or a checkpoint file); writes sets.json and grid.png (``show``
+    samples a set) into the first run's ``eval/<timestamp>/`` and returns sets.json's
+    figures (its ``out`` key names the folder)."""
+    from nca_cli.evaluation.runs import load_run
     from nca_cli.evaluation.sets import evaluate_sets as grow_sets
 
-    loaded = [
-        load_run(find_checkpoint(checkpoint=r) if r.is_file() else find_checkpoint(r), [])
-        for r in runs
-    ]
-    out, result = grow_sets(loaded, list(sets), steps, seed, wandb=wandb)
+    loaded = [load_run(_checkpoint(run), list(overrides)) for run in runs]
+    out, result = grow_sets(loaded, list(sets), steps, seed, lpips_net, show, wandb)
     return {**result, "out": str(out)}
+
+
+def _checkpoint(run: Path) -> Path:
+    """The checkpoint of a run folder, or ``run`` itself when it is a checkpoint file."""
+    from nca_cli.evaluation.runs import find_checkpoint
+
+    return find_checkpoint(checkpoint=run) if run.is_file() else find_checkpoint(run)
 
 
 def kfold(
@@ -118,6 +126,39 @@ def sweep(overrides: Sequence[str]) -> None:
     from nca_cli.sweeping.run import run_sweep
 
     run_sweep(list(overrides))
+
+
+def reproduce(
+    name: str,
+    folder: Path | None = None,
+    budget: float = 1.0,
+    overrides: Sequence[str] = (),
+    runs: Sequence[str] | None = None,
+    jobs: int = 1,
+    samples: int | None = None,
+    original: bool = True,
+    original_python: str | None = None,
+) -> Outcome:
+    """Train, evaluate and tabulate the reproduction ``name`` (``conf/reproduce/<name>.yaml``)
+    in ``folder`` (a new one by default; an existing one resumes), with the recipes'
+    iterations scaled by ``budget``; ``runs`` picks some of its runs. Returns the folder,
+    its table.md and the runs that did not finish."""
+    from nca_cli.reproduction.reproduce import new_folder
+    from nca_cli.reproduction.reproduce import reproduce as run_reproduction
+    from nca_cli.reproduction.spec import load
+    from nca_cli.shortcuts import expand
+
+    return run_reproduction(
+        load(name),
+        folder or new_folder(name),
+        budget=budget,
+        extra=expand(list(overrides)),
+        jobs=jobs,
+        samples=samples,
+        original=original,
+        original_python=original_python,
+        only=list(runs) if runs else None,
+    )
 
 
 def bench(

@@ -11,6 +11,22 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def device_problem(device: str) -> str | None:
+    """Why torch ``device`` (``cpu``, ``cuda``, ``cuda:N``) cannot run on this machine, or
+    None when it can; torch is imported only for a CUDA device."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return "this machine has no CUDA device (torch.cuda.is_available() is false)"
+    index = device.partition(":")[2]
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        return f"this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    return None
+
+
 def configure_cpu(threads: int | None) -> None:
     """Run torch's CPU operations on ``threads`` threads (its default, all cores, when None
     or 0) and keep freed memory in the process (:func:`keep_freed_memory`)."""

@@ -265,7 +265,7 @@ def main(argv: list[str]) -> None:
         if getattr(args, option) is not None and kind not in kinds:
             parser.error(f"--{option} applies to --damage {' or '.join(kinds)}, not {kind}")
 
-    from nca_cli.evaluation.evaluate import evaluate
+    from nca_cli.api import evaluate
     from nca_cli.evaluation.runs import find_checkpoint
     from nca_cli.measures.protocol import ProtocolConfig, default_damage
 
@@ -327,8 +327,8 @@ def _sets(parser: argparse.ArgumentParser, args: argparse.Namespace, overrides: 
     if args.show < 1:
         parser.error("--show must be >= 1")
 
-    from nca_cli.evaluation.runs import find_checkpoint, load_run
-    from nca_cli.evaluation.sets import evaluate_sets
+    from nca_cli.api import evaluate_sets
+    from nca_cli.evaluation.runs import find_checkpoint
 
     def run() -> None:
         paths = [find_checkpoint(args.run, args.checkpoint)]
@@ -338,9 +338,15 @@ def _sets(parser: argparse.ArgumentParser, args: argparse.Namespace, overrides: 
                 find_checkpoint(checkpoint=other) if other.is_file() else find_checkpoint(other)
             )
         print("evaluating " + " and ".join(str(p) for p in paths), file=sys.stderr)
-        runs = [load_run(path, overrides) for path in paths]
         evaluate_sets(
-            runs, args.sets, args.steps, args.seed, args.lpips_net, args.show, not args.no_wandb
+            paths,
+            args.sets,
+            args.steps,
+            args.seed,
+            overrides,
+            args.lpips_net,
+            args.show,
+            not args.no_wandb,
         )
 
     _exit_cleanly(run)

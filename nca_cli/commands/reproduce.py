@@ -119,29 +119,27 @@ def main(argv: list[str]) -> None:
 
     from hydra.errors import HydraException
 
+    from nca_cli.api import reproduce
     from nca_cli.config import ConfigError
     from nca_cli.datasets.storage import DataError
-    from nca_cli.reproduction.reproduce import latest, new_folder, reproduce
-    from nca_cli.reproduction.spec import load
-    from nca_cli.shortcuts import expand
+    from nca_cli.reproduction.reproduce import latest
 
     folder = args.dir
     try:
-        spec = load(args.name)
         if args.resume:
             folder = latest(args.name)
             if folder is None:
                 raise ConfigError(f"no folder of reproduction {args.name!r} to resume")
         outcome = reproduce(
-            spec,
-            folder or new_folder(args.name),
+            args.name,
+            folder,
             budget=args.budget,
-            extra=expand(overrides),
+            overrides=overrides,
+            runs=args.runs.split(",") if args.runs else None,
             jobs=args.jobs,
             samples=args.samples,
             original=not args.no_original,
             original_python=args.original_python,
-            only=args.runs.split(",") if args.runs else None,
         )
     except (ConfigError, DataError, HydraException) as err:
         print(f"nca reproduce: error: {err}", file=sys.stderr)

@@ -3,12 +3,13 @@ optimiser or logger that resuming it would allocate."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nca_cli.composition import apply_overrides
-from nca_cli.compute import configure_cpu
+from nca_cli.compute import configure_cpu, device_problem
 from nca_cli.engine.cascade import CascadeNCA
 from nca_cli.engine.nca import NCA
 from nca_cli.measures import EvalError
@@ -19,6 +20,8 @@ from nca_cli.training.build import build_run
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from nca_cli.training.checks import check_config
 from nca_cli.training.schema import RunConfig
+
+log = logging.getLogger(__name__)
 
 
 def train_root() -> Path:
@@ -81,6 +84,15 @@ def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> L
         raise EvalError(f"{checkpoint} holds no config or model: not an nca training checkpoint")
     overrides = expand(overrides)
     config = apply_overrides(saved, overrides, f"the run of {checkpoint}")
+    device = str(config.get("device", "cpu"))
+    named = any(o.lstrip("+~").split("=", 1)[0] == "device" for o in overrides)
+    if not named and device_problem(device) is not None:  # trained on a GPU, read here
+        log.warning(
+            "%s trained on %s, which this machine lacks: evaluating on the CPU (device=cpu)",
+            checkpoint,
+            device,
+        )
+        config["device"] = "cpu"
     run = check_config(config, overrides, UNREAD)
     configure_cpu(run.threads)
     task, nca = build_run(run)

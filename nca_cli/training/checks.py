@@ -14,6 +14,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from nca_cli.composition import config_groups
+from nca_cli.compute import device_problem
 from nca_cli.config import ConfigError
 from nca_cli.shortcuts import describe
 from nca_cli.training.schema import RunConfig, parse_run_config
@@ -30,6 +31,9 @@ def check_config(
     from nca_cli.tasks import task_of
 
     run = parse_run_config(config)
+    problem = device_problem(run.device)
+    if problem is not None:
+        raise ConfigError(f"invalid value for 'device': {run.device!r}: {problem}; use device=cpu")
     task_config, dataset, loss = task_of(run).parse_sections(run)
     build_perception(run.perception, run.model.channels, run.model.padding)
     sections = {"": run, "task": task_config, "dataset": dataset, "loss": loss}

@@ -4,6 +4,7 @@ stay plain dictionaries that their owners parse)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,7 +205,7 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     choice(run.logger.name, ["wandb", "none"], "logger.name")
     choice(run.logger.mode, ["offline", "online", "disabled"], "logger.mode")
     require(
-        run.device == "cpu" or run.device.startswith("cuda"),
+        re.fullmatch(r"cpu|cuda(:\d+)?", run.device) is not None,
         "device",
         run.device,
         "'cpu' or 'cuda[:N]'",
