@@ -28,7 +28,7 @@ class BenchOptions:
     device: str = "cpu"
     iters: int = 5  # timed training iterations (the median is reported)
     warmup: int = 2  # untimed iterations first
-    engine: str = "fast"  # or "reference": the plain reference step, to compare
+    engine: str | None = None  # the step for every case (default: each case's model.engine)
     checkpointing: int = 0  # gradient checkpointing every N steps (0: the case's own)
 
 
@@ -72,7 +72,7 @@ def run_case(name: str, case: BenchCase, opts: BenchOptions) -> dict[str, Any]:
     device = torch.device(opts.device)
     torch.manual_seed(0)
     nca = build_model(name, case).to(device)
-    nca.fast = opts.engine == "fast"
+    nca.engine = opts.engine or nca.engine
     layout = nca.layout
     params = sum(p.numel() for p in nca.parameters())
     h, w = case.grid
@@ -126,14 +126,14 @@ def run_case(name: str, case: BenchCase, opts: BenchOptions) -> dict[str, Any]:
     infer()
     infer_s = statistics.median(infer() for _ in range(max(opts.iters, 3)))
     with autocast:  # the engine's choice, as the iterations ran
-        fused = nca.uses_fused_step(x0)
-    native = fused and device.type == "cpu" and ops() is not None
+        kind = nca.step_kind(x0)
+    native = kind == "fused" and device.type == "cpu" and ops() is not None
     s_per_iter = statistics.median(times)
     cells = case.batch * h * w * case.steps
     train_flops, infer_flops = count_flops(nca)
     return {
         "case": name,
-        "engine": opts.engine,
+        "engine": kind,
         "native": native,
         "params": params,
         "s_per_iter": s_per_iter,

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nca_cli.engine.schema import ENGINES
+
 
 def print_table(rows: list[dict[str, Any]], header: str) -> None:
     from rich.table import Table
@@ -93,9 +95,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]' (default cpu)")
     p.add_argument(
         "--engine",
-        choices=["fast", "reference"],
-        default="fast",
-        help="the fast step (default) or the plain reference step, to compare",
+        choices=list(ENGINES),
+        help="the step for every case: auto (the fused step on the CPU, the dense compiled "
+        "step on CUDA), fused, dense or reference, to compare (default: each case's "
+        "model.engine)",
     )
     p.add_argument(
         "--checkpointing",
@@ -133,7 +136,8 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
     header = (
         f"nca bench: {opts.device}, {opts.threads} threads, torch {rows[0]['torch']}, "
-        f"matmul {rows[0]['matmul_gflops']:.0f} GFLOP/s, engine {opts.engine}"
+        f"matmul {rows[0]['matmul_gflops']:.0f} GFLOP/s, "
+        f"step {'/'.join(sorted({row['engine'] for row in rows}))}"
         f"{' (native operators)' if any(row['native'] for row in rows) else ''}, "
         f"median of {opts.iters} iterations after {opts.warmup} warm-up"
     )

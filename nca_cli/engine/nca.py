@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from nca_cli.engine.fused import fused_rollout, fused_step, supports
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.perception import build_perception, max3x3
 from nca_cli.engine.perception_base import Perception, pad
-from nca_cli.engine.schema import ModelConfig
+from nca_cli.engine.schema import ENGINES, ModelConfig
 from nca_cli.engine.update import UpdateMLP
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class NCA(nn.Module):
         padding: str = "zeros",
         update_noise: float = 0.0,
         zero_init: bool = True,
+        engine: str = "auto",
+        compile_dense: bool = True,
     ) -> None:
         super().__init__()
         self.layout = layout
@@ -66,8 +69,12 @@ class NCA(nn.Module):
         self.alive_pool = alive_pool
         self.padding = padding
         self.update_noise = update_noise
-        # The fused step (nca_cli.engine.fused) where it applies; False: the reference step.
-        self.fast = True
+        # Which step runs (ENGINES): auto is the fused step on the CPU, the dense one elsewhere.
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+        self.engine = engine
+        self.compile_dense = compile_dense
+        self._dense_steps: Callable[..., list[Tensor]] | None = None  # compiled on first use
         # supports()'s answer and the options it was given; the reasons logged so far.
         self._fused: tuple[tuple[object, ...], str | None] | None = None
         self._logged: set[str] = set()
@@ -96,10 +103,21 @@ class NCA(nn.Module):
             noise = noise * self.update_noise
         return StepNoise(fire, noise)
 
+    def step_kind(self, x: Tensor) -> str:
+        """The step that runs for states like ``x``: ``fused`` (the CPU's fast path, where it
+        implements every option of this NCA: :meth:`fused_reason`), ``dense`` (the
+        reference step's fixed-shape mathematics, compiled: for accelerators) or
+        ``reference``."""
+        engine = self.engine
+        if engine == "auto":
+            engine = "fused" if x.device.type == "cpu" else "dense"
+        if engine == "fused" and self.fused_reason(x) is not None:
+            return "reference"
+        return engine
+
     def uses_fused_step(self, x: Tensor) -> bool:
-        """Whether the fused step runs for states like ``x``: ``fast`` on, and the fused
-        step implements every option of this NCA (:meth:`fused_reason`)."""
-        return self.fast and self.fused_reason(x) is None
+        """Whether the fused step runs for states like ``x``."""
+        return self.step_kind(x) == "fused"
 
     def fused_reason(self, x: Tensor) -> str | None:
         """What of this NCA or of states like ``x`` the fused step does not implement
@@ -138,11 +156,11 @@ class NCA(nn.Module):
     def step(self, x: Tensor, fire: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """One NCA step; ``fire`` (B, 1, H, W) selects the cells that update.
 
-        Runs the fused step, which gives the reference step's values and gradients faster
-        and in less memory; the reference step with ``fast`` off or where the fused step
-        does not implement an option (:meth:`uses_fused_step`).
+        Runs the step :meth:`step_kind` chooses: the fused step gives the reference step's
+        values and gradients faster and in less memory; the dense step is the reference
+        step (compiled over blocks of steps in :meth:`rollout`).
         """
-        if self.uses_fused_step(x):
+        if self.step_kind(x) == "fused":
             return fused_step(self, x, fire, noise)
         return self.reference_step(x, fire, noise)
 
@@ -173,16 +191,38 @@ class NCA(nn.Module):
         trajectory: list[Tensor] | None = None,
     ) -> Tensor:
         """``n`` steps, appending each new state to ``trajectory`` when given: one fused
-        rollout where it applies, else step by step."""
-        if self.uses_fused_step(x):
+        rollout where it applies, the dense steps as one compiled block, else step by step."""
+        kind = self.step_kind(x)
+        if kind == "fused":
             y = fused_rollout(self, x, fire, noise, n, trajectory)
             if y is not None:
                 return y
+        if kind == "dense":
+            states = self.dense_steps(x, fire, noise, n)
+            if trajectory is not None:
+                trajectory.extend(states)
+            return states[-1] if states else x
         for i in range(n):
             x = self.step(x, None if fire is None else fire[i], None if noise is None else noise[i])
             if trajectory is not None:
                 trajectory.append(x)
         return x
+
+    def dense_steps(
+        self, x: Tensor, fire: Tensor | None, noise: Tensor | None, n: int
+    ) -> list[Tensor]:
+        """``n`` reference steps with fixed shapes (masks multiply, nothing is selected),
+        the states after each: under ``torch.compile`` when ``compile_dense`` is on. The
+        first call compiles (logged with its time; torch caches the result on disk)."""
+        if not self.compile_dense:
+            return _steps(self, x, fire, noise, n)
+        if self._dense_steps is None:
+            self._dense_steps = torch.compile(_steps, dynamic=False)
+            start = time.perf_counter()
+            states = self._dense_steps(self, x, fire, noise, n)
+            log.info("compiled the dense step in %.1f s", time.perf_counter() - start)
+            return states
+        return self._dense_steps(self, x, fire, noise, n)
 
     def rollout(
         self,
@@ -215,6 +255,18 @@ class NCA(nn.Module):
         return x, states
 
 
+def _steps(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None, n: int) -> list[Tensor]:
+    """``n`` reference steps of ``nca`` (the dense step's body, a plain function so that
+    ``torch.compile`` traces it whole)."""
+    states = []
+    for i in range(n):
+        x = nca.reference_step(
+            x, None if fire is None else fire[i], None if noise is None else noise[i]
+        )
+        states.append(x)
+    return states
+
+
 def build_nca(
     model: ModelConfig,
     perception: Mapping[str, Any],
@@ -234,6 +286,8 @@ def build_nca(
         padding=model.padding,
         update_noise=model.update_noise,
         zero_init=model.zero_init,
+        engine=model.engine,
+        compile_dense=model.compile,
     )
     if model.init == "glorot":
         glorot_init(nca, keep_zero=model.zero_init)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from nca_cli.config import choice, require
 
 PADDINGS = ("zeros", "circular", "reflect", "replicate")
+# Which step runs: auto (the fused step on the CPU, the dense step on CUDA), or one of them.
+ENGINES = ("auto", "fused", "dense", "reference")
 # What damage wipes: a disc, a rectangle, one half of the grid, random cells (damage.py).
 DAMAGE_KINDS = ("circle", "rect", "half", "noise")
 
@@ -35,20 +37,29 @@ class ModelConfig:
     # Coarse-to-fine cascade (Med-NCA / NCALab): one NCA per scale, coarsest first; [1] is
     # a single NCA at full resolution.
     scales: list[int] = field(default_factory=lambda: [1])
+    # The step that runs: auto is the fused step on the CPU (native operators, only the
+    # cells that fire) and the dense step on CUDA (fixed shapes, no host syncs, compiled);
+    # fused, dense or reference chooses one. All give the reference step's values.
+    engine: str = "auto"
+    compile: bool = True  # the dense step under torch.compile (its first call compiles)
 
     def ignored(self) -> dict[str, str]:
         """Fields these values leave unread, and why (``nca_cli.training.checks.ignored``
         collects them so that an override of one is refused)."""
-        if self.alive_mask:
-            return {}
-        why = "model.alive_mask is false: every cell lives"
-        return {"alive_threshold": why, "alive_pool": why}
+        unread = {}
+        if not self.alive_mask:
+            why = "model.alive_mask is false: every cell lives"
+            unread |= {"alive_threshold": why, "alive_pool": why}
+        if self.engine in ("fused", "reference"):
+            unread["compile"] = f"model.engine is {self.engine}: only the dense step compiles"
+        return unread
 
 
 def validate_model(m: ModelConfig) -> None:
     """Range checks of the ``model`` section, naming the key."""
     choice(m.padding, list(PADDINGS), "model.padding")
     choice(m.init, ["torch", "glorot"], "model.init")
+    choice(m.engine, list(ENGINES), "model.engine")
     require(0.0 < m.fire_rate <= 1.0, "model.fire_rate", m.fire_rate, "a number in (0, 1]")
     require(all(h > 0 for h in m.hidden), "model.hidden", m.hidden, "positive layer sizes")
     require(m.update_noise >= 0, "model.update_noise", m.update_noise, "a number >= 0")

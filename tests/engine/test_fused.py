@@ -72,7 +72,7 @@ def run(
 ) -> tuple[Tensor, ...]:
     """Final state, the gradient of a fixed random functional of it wrt x0 (if ``grad_x``)
     and every parameter."""
-    nca.fast = fast
+    nca.engine = "fused" if fast else "reference"
     nca.zero_grad(set_to_none=True)
     x = x0.clone().requires_grad_(grad_x)
     final, _ = nca.rollout(x, steps, torch.Generator().manual_seed(2), **rollout)
@@ -407,7 +407,7 @@ def test_fused_step_stores_the_selected_feature_rows_only() -> None:
     per_step = 3 if StepPlan(nca, recompute=True).native_sobel is not None else 4
     assert len(kept) == 8 * per_step * len(batch_shards(x))
     assert len(storages) == len(batch_shards(x))
-    nca.fast = False  # the reference keeps the features and hidden activations: 10x more
+    nca.engine = "reference"  # the reference keeps the features and hidden activations: 10x more
     kept.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _final, _ = nca.rollout(x, 8, torch.Generator().manual_seed(0))

@@ -149,7 +149,7 @@ def assert_same(got: list[Tensor], want: list[Tensor]) -> None:
 def test_the_trained_step_is_the_reference_step(case: tuple[NCA, Tensor, dict[str, Any]]) -> None:
     nca, x0, run = case
     assert supports(nca, x0) is None, "the fused step does not run for this model"
-    assert nca.fast and nca.uses_fused_step(x0)
+    assert nca.engine == "auto" and nca.uses_fused_step(x0)
     noise = nca.draw_noise(x0, 1, torch.Generator().manual_seed(1))
     fire = None if noise.fire is None else noise.fire[0]
     upd = None if noise.update is None else noise.update[0]
@@ -164,7 +164,7 @@ def test_the_trained_step_is_the_reference_step(case: tuple[NCA, Tensor, dict[st
         return [final, *states]
 
     fused = outcome(nca, x0, run["grad_x"], rollout)
-    nca.fast = False
+    nca.engine = "reference"
     assert_same(fused, outcome(nca, x0, run["grad_x"], rollout))
 
 
