@@ -41,17 +41,23 @@ def train(
 ) -> dict[str, float]:
     """Train ``config`` (from :func:`compose`) into ``run_dir``, by default a new folder
     under the output root; a finished folder is not trained again and an interrupted one
-    continues from its ``last.ckpt``. Returns its metrics.json (the final metrics, the
+    continues from its ``last.ckpt``; a failed one keeps its reason in ``error.txt``
+    (``RunFailed`` is raised). Returns its metrics.json (the final metrics, the
     iteration and the training seconds); setting ``stop`` ends the run at the end of its
     step with its checkpoint written."""
     from nca_cli.paths import output_root
     from nca_cli.training.checks import check_config
-    from nca_cli.training.run_folder import finished_metrics, logging_to, train_in_folder
+    from nca_cli.training.run_folder import (
+        finished_metrics,
+        logging_to,
+        recording_failure,
+        train_in_folder,
+    )
 
     check_config(config)
     if run_dir is None:
         run_dir = output_root() / "train" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
-    with logging_to(run_dir):
+    with logging_to(run_dir), recording_failure(run_dir):
         metrics = train_in_folder(config, run_dir, stop=stop)
     return finished_metrics(run_dir) or metrics
 

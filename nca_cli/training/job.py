@@ -12,11 +12,9 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nca_cli.atomic import write_text_atomic
 from nca_cli.composition import apply_overrides, resolve
 from nca_cli.config import ConfigError
 from nca_cli.masking import hide_secrets
-from nca_cli.training.run_folder import ERROR_FILE
 
 log = logging.getLogger("nca.train")
 
@@ -57,33 +55,30 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any]
 def train_job(
     cfg: DictConfig, run_dir: Path, overrides: list[str], stop: threading.Event
 ) -> dict[str, float]:
-    """Train, resume (``resume=``) or skip the run in ``run_dir``. A diverged run keeps
-    its reason in ``error.txt`` beside its last good checkpoint, which marks it failed."""
-    from nca_cli.training.run_folder import train_in_folder
-    from nca_cli.training.trainer import DivergenceError, train
+    """Train, resume (``resume=``) or skip the run in ``run_dir``. A failed run (diverged,
+    out of memory) keeps its reason in ``error.txt`` beside its last good checkpoint, which
+    marks it failed."""
+    from nca_cli.training.run_folder import recording_failure, train_in_folder
+    from nca_cli.training.trainer import train
 
     hide_secrets()
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt
-    try:
+    with recording_failure(run_dir):
         if cfg.get("resume"):
             config, checkpoint = resume_config(cfg, overrides)
             return train(config, run_dir, checkpoint, stop=stop)
         # a re-run multirun job (k-fold, sweep) may have finished or been interrupted
         return train_in_folder(resolve(cfg), run_dir, stop=stop)
-    except DivergenceError as err:
-        write_text_atomic(run_dir / ERROR_FILE, f"{err}\n")
-        raise
 
 
 def hydra_job(cfg: DictConfig) -> dict[str, float]:
     """The Hydra task function of a training run, in Hydra's output folder. Hydra's
     launchers pass a job's ``SystemExit`` on and turn other errors into tracebacks, so every
     known failure ends the job with one line and ``nca train``'s exit status: 2 bad input,
-    1 divergence, 130 interrupted (Ctrl-C or SIGTERM stop it cleanly)."""
+    1 failed (divergence, out of memory), 130 interrupted (Ctrl-C or SIGTERM stop it cleanly)."""
     from nca_cli.datasets.storage import DataError
     from nca_cli.training.checkpoint import CheckpointError
     from nca_cli.training.interrupts import Interrupted, stop_requests
-    from nca_cli.training.trainer import DivergenceError
+    from nca_cli.training.trainer import RunFailed
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with stop_requests(run_dir) as stop:
@@ -92,7 +87,7 @@ def hydra_job(cfg: DictConfig) -> dict[str, float]:
         except (ConfigError, CheckpointError, DataError) as err:
             print(f"nca train: error: {err}", file=sys.stderr)
             sys.exit(2)
-        except DivergenceError as err:
+        except RunFailed as err:
             print(f"nca train: {err}", file=sys.stderr)
             sys.exit(1)
         except Interrupted as err:

@@ -67,6 +67,21 @@ def run_state(run_dir: Path) -> str:
 
 
 @contextmanager
+def recording_failure(run_dir: Path) -> Iterator[None]:
+    """A run that fails (diverged, out of memory) keeps its reason in ``error.txt`` beside
+    its last good checkpoint, which marks it failed; an earlier attempt's is removed."""
+    from nca_cli.atomic import write_text_atomic
+    from nca_cli.training.trainer import RunFailed
+
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        yield
+    except RunFailed as err:
+        write_text_atomic(run_dir / ERROR_FILE, f"{err}\n")
+        raise
+
+
+@contextmanager
 def logging_to(run_dir: Path) -> Iterator[None]:
     """The run's ``train.log`` when no Hydra job writes one (a fold of a cross-validated
     trial, a run started from the library API): every INFO record, as Hydra's job log."""

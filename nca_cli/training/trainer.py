@@ -49,8 +49,17 @@ log = logging.getLogger(__name__)
 Report = Callable[[int, dict[str, float]], None]
 
 
-class DivergenceError(RuntimeError):
+class RunFailed(RuntimeError):
+    """The run cannot go on as configured; its reason goes to error.txt beside the last
+    good checkpoint."""
+
+
+class DivergenceError(RunFailed):
     """Training produced non-finite numbers or killed every cell."""
+
+
+class OutOfMemory(RunFailed):
+    """The device ran out of memory; the message names what to lower."""
 
 
 def snapshot_name(iteration: int) -> str:
@@ -72,6 +81,7 @@ class Trainer:
         self.run = run = parse_run_config(config)
         configure_cpu(run.threads)
         self.device = torch.device(run.device)
+        self.grid: tuple[int, ...] = ()  # of the last batch, for the out-of-memory message
         self.task, nca = build_run(run)
         self.nca = nca.to(self.device)
         # Modules the task trains beside the NCA (a GAN's discriminator), or None.
@@ -171,6 +181,7 @@ class Trainer:
         )
         for _ in range(t.grad.accumulate):
             idx, batch = self._batch()
+            self.grid = tuple(batch["state"].shape[-2:])
             steps = draw_steps(t.steps.min, t.steps.max, self.generator)
             with autocast:
                 state, _ = self.nca.rollout(
@@ -224,16 +235,28 @@ class Trainer:
 
     def _train_step(self) -> tuple[float, float, Tensor]:
         """:meth:`train_step`, its divergence naming the checkpoint that is kept."""
+        path = self.run_dir / CHECKPOINT_NAME
+        kept = (
+            f"the last good checkpoint, of iteration {self.saved_iteration}, is kept in {path}"
+            if self.saved_iteration is not None
+            else "no checkpoint had been written yet"
+        )
         try:
             return self.train_step()
         except DivergenceError as err:
-            path = self.run_dir / CHECKPOINT_NAME
-            kept = (
-                f"the last good checkpoint, of iteration {self.saved_iteration}, is kept in {path}"
-                if self.saved_iteration is not None
-                else "no checkpoint had been written yet"
-            )
             raise DivergenceError(f"{err}.\nTraining stopped; {kept}") from None
+        except torch.OutOfMemoryError as err:
+            t = self.run.trainer
+            first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+            grid = "x".join(str(n) for n in self.grid)
+            raise OutOfMemory(
+                f"{self.device} ran out of memory at iteration {self.iteration + 1} (batch "
+                f"{t.batch_size}, grid {grid}, up to {t.steps.max} steps): lower "
+                "trainer.batch_size, the grid, or trainer.steps, or set "
+                "trainer.gradient_checkpointing=N to recompute blocks of N steps in the "
+                f"backward pass instead of storing them ({first}).\nTraining stopped; {kept}; "
+                "resume it with the lower values"
+            ) from None
 
     # -- evaluation and images -----------------------------------------------------------
     @torch.no_grad()

@@ -70,3 +70,39 @@ def test_a_gpu_run_is_evaluated_here_and_resumed_with_device_cpu(
     resumed = nca("train", f"resume={run}", "trainer.iterations=8", "device=cpu", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run / "last.ckpt")["iteration"] == 8
+
+
+def test_out_of_memory_names_what_to_lower_and_keeps_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device's allocator fails in the third iteration (injected: this machine has no
+    GPU to exhaust): the run stops with a message naming the keys that shrink it, marks
+    itself failed, and resumes from its last checkpoint with lower values."""
+    from nca_cli.engine.nca import NCA
+    from nca_cli.training.trainer import OutOfMemory
+
+    rollout = NCA.rollout
+    calls = [0]
+
+    def failing(self: NCA, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return rollout(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(NCA, "rollout", failing)
+    run = tmp_path / "run"
+    config = api.compose([*SMOKE, "trainer.checkpoint_every=1"])
+    with pytest.raises(OutOfMemory) as failed:
+        api.train(config, run)
+    message = str(failed.value)
+    for key in ("trainer.batch_size", "trainer.steps", "trainer.gradient_checkpointing"):
+        assert key in message
+    assert "at iteration 3" in message and "Tried to allocate 9.00 GiB" in message
+    assert load_checkpoint(run / "last.ckpt")["iteration"] == 2
+    assert "trainer.batch_size" in (run / "error.txt").read_text()  # marked failed
+    monkeypatch.setattr(NCA, "rollout", rollout)
+    resumed = nca("train", f"resume={run}", "trainer.batch_size=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(run / "last.ckpt")["iteration"] == 4
+    assert not (run / "error.txt").exists()
