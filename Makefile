@@ -15,7 +15,7 @@ export WANDB_X_DISABLE_STATS ?= true
 # The native operators' build cache lives with the environment (`make clean` removes it).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: install test test-slow demo bench lint format clean
+.PHONY: install test test-slow demo bench lint format clean gpu-check
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/nca bench
+
+# On a machine with a CUDA device: the CUDA tests, then the bench on the GPU (dense step).
+gpu-check: $(STAMP)
+	$(PY) -m pytest tests/cuda -v
+	$(VENV)/bin/nca bench --device cuda --iters 10 --json outputs/bench-cuda.json
 
 # import-linter reads the package as installed (tasks/ and conf/ inside nca_cli), so the
 # layers are checked on a copy installed into build/import-graph.

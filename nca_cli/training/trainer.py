@@ -1,8 +1,9 @@
 """The training loop: sample, roll out, score, step, guard, checkpoint, log.
 
 It sees a task through the :class:`~nca_cli.tasks.base.Task` contract only. All randomness
-after model initialisation flows from one seeded generator saved in every checkpoint, so
-an interrupted run resumed from its checkpoint ends bit-identical to an uninterrupted one.
+after model initialisation flows from one seeded generator (and, on an accelerator, one on
+the device for the rollouts) saved in every checkpoint, so an interrupted run resumed from
+its checkpoint ends bit-identical to an uninterrupted one on the CPU.
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, t.optimizer)
         self.scheduler = build_scheduler(self.optimizer, t.schedule, t.iterations)
         self.generator = torch.Generator().manual_seed(run.seed)
+        # The rollouts' fire masks and update noise, drawn where the state lives: on an
+        # accelerator a generator of its own (nothing is drawn on the CPU and copied over).
+        self.step_generator = (
+            self.generator
+            if self.device.type == "cpu"
+            else torch.Generator(device=self.device).manual_seed(run.seed)
+        )
         pool_cfg = self.task.config.pool
         self.pool = (
             SamplePool(self._to_device(self.task.fresh(pool_cfg.size, self.generator)))
@@ -113,7 +121,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "pool": self.pool.state_dict() if self.pool is not None else None,
             "cotrained": self.cotrained.state_dict() if self.cotrained is not None else None,
-            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": {
+                "generator": self.generator.get_state(),
+                "torch": torch.get_rng_state(),
+                **self._device_rng(),
+            },
             "config": mask_secrets(self.config),
             "environment": environment(),
             "wandb_id": self.wandb_id,
@@ -131,8 +143,19 @@ class Trainer:
             self.cotrained.load_state_dict(payload["cotrained"])
         self.generator.set_state(payload["rng"]["generator"])
         torch.set_rng_state(payload["rng"]["torch"])
+        saved = payload["rng"].get("device")
+        if self.step_generator is not self.generator and saved is not None:
+            if saved["type"] == self.device.type:  # exact on the same kind of device
+                self.step_generator.set_state(saved["state"])
+            else:
+                log.info("the step randomness was drawn on %s: a new stream here", saved["type"])
         self.wandb_id = payload.get("wandb_id")
         self.history = list(payload.get("history", []))
+
+    def _device_rng(self) -> dict[str, Any]:
+        if self.step_generator is self.generator:
+            return {}
+        return {"device": {"type": self.device.type, "state": self.step_generator.get_state()}}
 
     def save(self) -> Path:
         path = self.run_dir / CHECKPOINT_NAME
@@ -185,7 +208,7 @@ class Trainer:
             steps = draw_steps(t.steps.min, t.steps.max, self.generator)
             with autocast:
                 state, _ = self.nca.rollout(
-                    batch["state"], steps, self.generator, t.gradient_checkpointing
+                    batch["state"], steps, self.step_generator, t.gradient_checkpointing
                 )
                 loss = self.task.loss(state, batch).mean()
             if not torch.isfinite(loss):
@@ -261,7 +284,7 @@ class Trainer:
     # -- evaluation and images -----------------------------------------------------------
     @torch.no_grad()
     def _grow(self, state: Tensor, steps: int) -> Tensor:
-        return self.nca.rollout(state.to(self.device), steps, self.generator)[0]
+        return self.nca.rollout(state.to(self.device), steps, self.step_generator)[0]
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Task metrics on ``split``, grown for the longest training rollout."""
@@ -279,7 +302,7 @@ class Trainer:
     @torch.no_grad()
     def rollout_frames(self, steps: int) -> list[np.ndarray]:
         batch = self._to_device(self.task.fresh(1, self.generator))
-        _x, states = self.nca.rollout(batch["state"], steps, self.generator, trajectory=True)
+        _x, states = self.nca.rollout(batch["state"], steps, self.step_generator, trajectory=True)
         return [upscale(self.task.render(s)[0], 4) for s in [batch["state"], *states]]
 
     def regen_check(self, logger: RunLogger, step: int) -> dict[str, float]:
