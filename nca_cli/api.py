@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +44,7 @@ def train(
     (``RunFailed`` is raised). Returns its metrics.json (the final metrics, the
     iteration and the training seconds); setting ``stop`` ends the run at the end of its
     step with its checkpoint written."""
-    from nca_cli.paths import output_root
+    from nca_cli.paths import output_root, timestamp
     from nca_cli.training.checks import check_config
     from nca_cli.training.run_folder import (
         finished_metrics,
@@ -56,7 +55,7 @@ def train(
 
     check_config(config)
     if run_dir is None:
-        run_dir = output_root() / "train" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+        run_dir = output_root() / "train" / timestamp()
     with logging_to(run_dir), recording_failure(run_dir):
         metrics = train_in_folder(config, run_dir, stop=stop)
     return finished_metrics(run_dir) or metrics

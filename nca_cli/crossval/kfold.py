@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +130,9 @@ def fold_job(cfg: DictConfig) -> dict[str, float] | None:
 
 
 def new_folder() -> Path:
-    from nca_cli.paths import output_root
+    from nca_cli.paths import output_root, timestamp
 
-    return output_root() / "kfold" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    return output_root() / "kfold" / timestamp()
 
 
 def run_kfold(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from nca_cli.measures.protocol import (
     figures,
     run_protocol,
 )
+from nca_cli.paths import timestamp
 
 # The DamageConfig fields each kind reads.
 DAMAGE_FIELDS = {
@@ -135,7 +135,7 @@ def evaluate(
     start = time.perf_counter()
     loaded = load_run(checkpoint, overrides)
     result = run_protocol(loaded.task, loaded.nca, cfg, loaded.run.device)
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    stamp = timestamp()
     out = checkpoint.parent / "eval" / stamp
     out.mkdir(parents=True)
     summary = build_summary(loaded, cfg, result, overrides)

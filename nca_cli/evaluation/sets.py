@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from nca_cli.evaluation.runs import LoadedRun
 from nca_cli.images import save_png, to_uint8, upscale
 from nca_cli.measures import EvalError
 from nca_cli.measures.metrics import image_metrics, summary
+from nca_cli.paths import timestamp
 
 # The metrics of sets with a ground truth (RGB over white, as `nca eval` names them).
 METRICS = ("lpips", "image_mse")
@@ -245,7 +245,7 @@ def evaluate_sets(
             for name in names
         },
     }
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    stamp = timestamp()
     out = runs[0].path.parent / "eval" / stamp
     out.mkdir(parents=True)
     grid = grid_image(

@@ -6,14 +6,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nca_cli.config import choice
-from nca_cli.paths import output_root
+from nca_cli.paths import output_root, timestamp
 from nca_cli.reproduction import runner, table
 from nca_cli.reproduction.spec import Reproduction
 
@@ -30,7 +29,7 @@ def latest(name: str) -> Path | None:
 
 
 def new_folder(name: str) -> Path:
-    return root(name) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    return root(name) / timestamp()
 
 
 def protocol_curves(
