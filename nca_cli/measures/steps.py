@@ -3,7 +3,8 @@ review's values live in ``conf/protocol/review.yaml``, which the trainer presets
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from nca_cli.config import parse, require
@@ -22,7 +23,15 @@ class ProtocolSteps:
 
 
 def review_steps() -> ProtocolSteps:
-    """The protocol steps of the NCA review (Spitznagel & Keuper 2026)."""
+    """The protocol steps of the NCA review (Spitznagel & Keuper 2026): a fresh copy, as
+    every config parse builds one and may change it."""
+    steps = _review_steps()
+    return replace(steps, stage1=list(steps.stage1))
+
+
+@functools.cache
+def _review_steps() -> ProtocolSteps:
+    """The file, read once per process (every parsed config takes its defaults from it)."""
     import yaml
 
     text = resources.files("nca_cli.conf").joinpath("protocol/review.yaml").read_text()
