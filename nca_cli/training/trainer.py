@@ -257,17 +257,11 @@ class Trainer:
         )
 
     def _train_step(self) -> tuple[float, float, Tensor]:
-        """:meth:`train_step`, its divergence naming the checkpoint that is kept."""
-        path = self.run_dir / CHECKPOINT_NAME
-        kept = (
-            f"the last good checkpoint, of iteration {self.saved_iteration}, is kept in {path}"
-            if self.saved_iteration is not None
-            else "no checkpoint had been written yet"
-        )
+        """:meth:`train_step`, its failures naming the checkpoint that is kept."""
         try:
             return self.train_step()
         except DivergenceError as err:
-            raise DivergenceError(f"{err}.\nTraining stopped; {kept}") from None
+            raise DivergenceError(f"{err}.\nTraining stopped; {self._kept()}") from None
         except torch.OutOfMemoryError as err:
             t = self.run.trainer
             first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
@@ -277,9 +271,17 @@ class Trainer:
                 f"{t.batch_size}, grid {grid}, up to {t.steps.max} steps): lower "
                 "trainer.batch_size, the grid, or trainer.steps, or set "
                 "trainer.gradient_checkpointing=N to recompute blocks of N steps in the "
-                f"backward pass instead of storing them ({first}).\nTraining stopped; {kept}; "
+                f"backward pass instead of storing them ({first}).\nTraining stopped; "
+                f"{self._kept()}; "
                 "resume it with the lower values"
             ) from None
+
+    def _kept(self) -> str:
+        """Which checkpoint a failed run leaves to resume from."""
+        if self.saved_iteration is None:
+            return "no checkpoint had been written yet"
+        path = self.run_dir / CHECKPOINT_NAME
+        return f"the last good checkpoint, of iteration {self.saved_iteration}, is kept in {path}"
 
     # -- evaluation and images -----------------------------------------------------------
     @torch.no_grad()
