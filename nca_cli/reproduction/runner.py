@@ -216,11 +216,12 @@ class Processes:
 def train_one(run: PlannedRun, say: Callable[[str], None], processes: Processes) -> int:
     """Train (or resume) one run in its own ``nca train`` process; returns its exit status.
     Its output goes to ``<run folder>/reproduce.log``."""
-    if state(run) == "finished":
+    current = state(run)  # reads an interrupted run's checkpoint: once
+    if current == "finished":
         say(f"{run.run} seed {run.seed}: finished before, skipped")
         return 0
     run.folder.mkdir(parents=True, exist_ok=True)
-    how = "resuming" if state(run).startswith("interrupted") else "training"
+    how = "resuming" if current.startswith("interrupted") else "training"
     say(f"{run.run} seed {run.seed}: {how} ({run.iterations} iterations)\n  {run.command}")
     start = time.perf_counter()
     with (run.folder / "reproduce.log").open("a") as log:
