@@ -18,7 +18,7 @@ from nca_cli.shortcuts import expand
 from nca_cli.tasks.base import Task
 from nca_cli.training.build import build_run
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from nca_cli.training.checks import check_config
+from nca_cli.training.checks import check_config, override_keys
 from nca_cli.training.schema import RunConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def load_run(checkpoint: Path, overrides: list[str] | tuple[str, ...] = ()) -> L
     overrides = expand(overrides)
     config = apply_overrides(saved, overrides, f"the run of {checkpoint}")
     device = str(config.get("device", "cpu"))
-    named = any(o.lstrip("+~").split("=", 1)[0] == "device" for o in overrides)
+    named = any(key == "device" for key, _ in override_keys(overrides))
     if not named and device_problem(device) is not None:  # trained on a GPU, read here
         log.warning(
             "%s trained on %s, which this machine lacks: evaluating on the CPU (device=cpu)",
