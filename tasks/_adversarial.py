@@ -181,11 +181,12 @@ class Adversary(CoTrained):
             return bce_generator_loss(scores)
         return wasserstein_generator_loss(scores)
 
-    def update(self, state: Tensor, batch: Batch) -> dict[str, float]:
+    def update(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
         """``d_steps`` discriminator steps on the iteration's (detached) final states;
-        returns the last step's loss (and the critic gap and penalty for WGAN)."""
+        returns the last step's loss (and the critic gap and penalty for WGAN), on the
+        device."""
         fake, real, condition = (t.detach().float() for t in self.inputs(state, batch))
-        out: dict[str, float] = {}
+        out: dict[str, Tensor] = {}
         for _ in range(self.cfg.d_steps):
             self.optimizer.zero_grad(set_to_none=True)
             real_in, fake_in = self._noisy(real), self._noisy(fake)
@@ -195,7 +196,7 @@ class Adversary(CoTrained):
                 loss = bce_discriminator_loss(
                     real_scores, fake_scores, self.cfg.real_label, self.cfg.fake_label
                 )
-                out = {"d_loss": float(loss.detach())}
+                out = {"d_loss": loss.detach()}
             else:
                 weights = torch.rand(len(real), generator=self.generator)
                 penalty = gradient_penalty(
@@ -205,9 +206,9 @@ class Adversary(CoTrained):
                 loss = loss + self.cfg.gp_weight * penalty
                 gap = real_scores.detach().mean() - fake_scores.detach().mean()
                 out = {
-                    "d_loss": float(loss.detach()),
-                    "critic_gap": float(gap),
-                    "gradient_penalty": float(penalty.detach()),
+                    "d_loss": loss.detach(),
+                    "critic_gap": gap,
+                    "gradient_penalty": penalty.detach(),
                 }
             loss.backward()
             self.optimizer.step()

@@ -57,6 +57,19 @@ class LossConfig:
     name: str = "mse"
 
 
+class DeviceCopies:
+    """A task's constant tensor (a target image) copied once to each device that reads it,
+    so a loss read every step makes no copy from the host."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self._copies = {tensor.device: tensor}
+
+    def on(self, device: torch.device) -> Tensor:
+        if device not in self._copies:
+            self._copies[device] = next(iter(self._copies.values())).to(device)
+        return self._copies[device]
+
+
 class CoTrained(ABC):
     """Modules a task trains beside the NCA with their own optimiser (a GAN's
     discriminator), built by :meth:`Task.build_cotrained`.
@@ -69,8 +82,9 @@ class CoTrained(ABC):
     """
 
     @abstractmethod
-    def update(self, state: Tensor, batch: Batch) -> dict[str, float]:
-        """Train the modules on one batch; returns scalars to log (e.g. ``d_loss``)."""
+    def update(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Train the modules on one batch; returns 0-d tensors to log (e.g. ``d_loss``),
+        left on the device: the trainer reads them with its own figures."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

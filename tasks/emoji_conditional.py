@@ -16,7 +16,7 @@ from torch import Tensor
 from nca_cli.config import require
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
-from nca_cli.tasks.base import RunSections, Task
+from nca_cli.tasks.base import DeviceCopies, RunSections, Task
 from nca_cli.tasks.growing import RGBAOutput, load_rgba, rgba_to_rgb
 
 
@@ -58,6 +58,7 @@ class ConditionalEmojiTask(RGBAOutput, Task):
                 for im in images
             ]
         )
+        self.target_copies = DeviceCopies(self.targets)
 
     def make_layout(self, channels: int) -> ChannelLayout:
         n = len(self.dataset_config.targets)
@@ -89,7 +90,7 @@ class ConditionalEmojiTask(RGBAOutput, Task):
         return {**batch, "state": state, "label": labels}
 
     def target_of(self, batch: Batch, device: torch.device) -> Tensor:
-        return self.targets.to(device)[batch["label"].to(device)]
+        return self.target_copies.on(device)[batch["label"].to(device)]
 
     def loss(self, state: Tensor, batch: Batch) -> Tensor:
         rgba = state[:, self.layout.visible_slice].float()

@@ -20,7 +20,7 @@ from nca_cli.config import ConfigError, require
 from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.pool import Batch
 from nca_cli.images import image_tensor, read_image, to_uint8
-from nca_cli.tasks.base import Task
+from nca_cli.tasks.base import DeviceCopies, Task
 
 
 def bundled_emoji() -> list[str]:
@@ -96,6 +96,7 @@ class GrowingTask(RGBAOutput, Task):
         require(d.size >= 1, "dataset.size", d.size, "a positive integer")
         require(d.padding >= 0, "dataset.padding", d.padding, "an integer >= 0")
         self.target = F.pad(load_rgba(d.target, d.size), (d.padding,) * 4)
+        self.target_copies = DeviceCopies(self.target)
 
     def make_layout(self, channels: int) -> ChannelLayout:
         return ChannelLayout(channels=channels, visible=4, alpha=3)
@@ -116,7 +117,7 @@ class GrowingTask(RGBAOutput, Task):
 
     def loss(self, state: Tensor, batch: Batch) -> Tensor:
         rgba = state[:, self.layout.visible_slice].float()
-        return ((rgba - self.target.to(rgba.device)) ** 2).mean(dim=(1, 2, 3))
+        return ((rgba - self.target_copies.on(rgba.device)) ** 2).mean(dim=(1, 2, 3))
 
     def predict(self, state: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"mse": self.loss(state, batch)}

@@ -137,7 +137,9 @@ def plot_folds(path: Path, summary: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in summary["metrics"] if n not in ("iteration", "seconds")][:8]
+    from nca_cli.training.run_folder import BOOKKEEPING
+
+    names = [n for n in summary["metrics"] if n not in BOOKKEEPING][:8]
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.8), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         m = summary["metrics"][name]

@@ -50,9 +50,11 @@ class DamageConfig:
 HALF_SIDES = ("left", "right", "top", "bottom")
 
 
-def _uniform(n: int, bounds: list[float], generator: torch.Generator | None) -> Tensor:
+def _uniform(
+    n: int, bounds: list[float], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     lo, hi = bounds
-    return lo + (hi - lo) * torch.rand(n, generator=generator)
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
 
 
 def validate_damage(cfg: DamageConfig, where: str) -> None:
@@ -78,51 +80,65 @@ def validate_damage(cfg: DamageConfig, where: str) -> None:
 
 
 def _half(
-    cfg: DamageConfig, n: int, height: int, width: int, generator: torch.Generator | None
+    cfg: DamageConfig,
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None,
+    device: torch.device,
 ) -> Tensor:
     """Wipe exactly ``width // 2`` columns or ``height // 2`` rows from the chosen side."""
+    rows = torch.arange(height, device=device).view(height, 1).expand(height, width)
+    cols = torch.arange(width, device=device).view(1, width).expand(height, width)
+    regions = torch.stack(  # in the order of HALF_SIDES
+        [
+            cols < width // 2,
+            cols >= width - width // 2,
+            rows < height // 2,
+            rows >= height - height // 2,
+        ]
+    )
     if cfg.side == "random":
-        sides = torch.randint(len(HALF_SIDES), (n,), generator=generator).tolist()
-    else:
-        sides = [HALF_SIDES.index(cfg.side)] * n
-    rows = torch.arange(height).view(height, 1).expand(height, width)
-    cols = torch.arange(width).view(1, width).expand(height, width)
-    regions = {
-        "left": cols < width // 2,
-        "right": cols >= width - width // 2,
-        "top": rows < height // 2,
-        "bottom": rows >= height - height // 2,
-    }
-    return torch.stack([regions[HALF_SIDES[s]] for s in sides])
+        sides = torch.randint(len(HALF_SIDES), (n,), generator=generator, device=device)
+        return regions[sides]
+    return regions[HALF_SIDES.index(cfg.side)].expand(n, height, width)
 
 
 def damage_mask(
-    cfg: DamageConfig, n: int, height: int, width: int, generator: torch.Generator | None = None
+    cfg: DamageConfig,
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> Tensor:
-    """Draw ``n`` damage masks of the configured kind for an ``height`` x ``width`` grid."""
-    ys = torch.linspace(-1.0, 1.0, height).view(1, height, 1)
-    xs = torch.linspace(-1.0, 1.0, width).view(1, 1, width)
+    """Draw ``n`` damage masks of the configured kind for an ``height`` x ``width`` grid,
+    where ``generator`` draws (or on ``device``, the CPU by default, without one): drawn on
+    an accelerator, they need no copy from the host."""
+    where = torch.device(device or "cpu") if generator is None else generator.device
+    ys = torch.linspace(-1.0, 1.0, height, device=where).view(1, height, 1)
+    xs = torch.linspace(-1.0, 1.0, width, device=where).view(1, 1, width)
     if cfg.kind == "circle":
-        cx = _uniform(n, cfg.center, generator).view(n, 1, 1)
-        cy = _uniform(n, cfg.center_y or cfg.center, generator).view(n, 1, 1)
-        r = _uniform(n, cfg.radius, generator).view(n, 1, 1)
+        cx = _uniform(n, cfg.center, generator, where).view(n, 1, 1)
+        cy = _uniform(n, cfg.center_y or cfg.center, generator, where).view(n, 1, 1)
+        r = _uniform(n, cfg.radius, generator, where).view(n, 1, 1)
         # Offsets in cells: half-extent of each axis; radius in half the shorter side.
         dx = (xs - cx) * (width - 1) / 2
         dy = (ys - cy) * (height - 1) / 2
         rr = r * (min(height, width) - 1) / 2
         hit = dx * dx + dy * dy < rr * rr
     elif cfg.kind == "half":
-        hit = _half(cfg, n, height, width, generator)
+        hit = _half(cfg, n, height, width, generator, where)
     elif cfg.kind == "noise":
-        p = _uniform(n, cfg.rate, generator).view(n, 1, 1)
-        hit = torch.rand(n, height, width, generator=generator) < p
+        p = _uniform(n, cfg.rate, generator, where).view(n, 1, 1)
+        hit = torch.rand(n, height, width, generator=generator, device=where) < p
     else:
-        hh = (_uniform(n, cfg.size, generator) * height).round().clamp(1, height)
-        ww = (_uniform(n, cfg.size, generator) * width).round().clamp(1, width)
-        top = (torch.rand(n, generator=generator) * (height - hh + 1)).floor()
-        left = (torch.rand(n, generator=generator) * (width - ww + 1)).floor()
-        rows = torch.arange(height).view(1, height, 1)
-        cols = torch.arange(width).view(1, 1, width)
+        hh = (_uniform(n, cfg.size, generator, where) * height).round().clamp(1, height)
+        ww = (_uniform(n, cfg.size, generator, where) * width).round().clamp(1, width)
+        top = (torch.rand(n, generator=generator, device=where) * (height - hh + 1)).floor()
+        left = (torch.rand(n, generator=generator, device=where) * (width - ww + 1)).floor()
+        rows = torch.arange(height, device=where).view(1, height, 1)
+        cols = torch.arange(width, device=where).view(1, 1, width)
         t, lf = top.view(n, 1, 1), left.view(n, 1, 1)
         hit = (rows >= t) & (rows < t + hh.view(n, 1, 1))
         hit = hit & (cols >= lf) & (cols < lf + ww.view(n, 1, 1))

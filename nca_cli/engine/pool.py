@@ -77,8 +77,10 @@ class SamplePool:
         self.size = sizes.pop()
 
     def sample(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, Batch]:
-        """Draw ``n`` distinct samples; returns their indices and copies of their rows."""
-        idx = torch.randperm(self.size, generator=generator)[:n]
+        """Draw ``n`` distinct samples; returns their indices and copies of their rows. The
+        indices are drawn where ``generator`` lives: on the pool's device, no host copy."""
+        device = generator.device if generator is not None else None
+        idx = torch.randperm(self.size, generator=generator, device=device)[:n]
         return idx, {k: v[idx].clone() for k, v in self.data.items()}
 
     def commit(self, idx: Tensor, batch: Batch) -> None:
@@ -107,6 +109,7 @@ def renew(
     which keeps the drawn order) and renew it as ``cfg`` says.
 
     ``wipe_from`` is the first channel damage may wipe: fixed input channels survive.
+    ``generator`` draws the damage masks, on its own device.
     """
     if losses is not None:
         order = torch.argsort(losses, descending=True)
@@ -123,6 +126,6 @@ def renew(
     if d:
         state = batch["state"]
         _, _, h, w = state.shape
-        mask = damage_mask(cfg.damage, d, h, w, generator).to(state)
+        mask = damage_mask(cfg.damage, d, h, w, generator).to(state.dtype)
         state[-d:, wipe_from:] = state[-d:, wipe_from:] * mask
     return batch

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,83 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write a checkpoint atomically (see :func:`write_atomic`)."""
     write_atomic(path, lambda f: torch.save(payload, f))
+
+
+def host_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to the host, detached from the training's own
+    tensors (the pool and the optimiser's moments change in place at the next step). From
+    an accelerator the copies go to pinned memory without waiting for them to land."""
+    if isinstance(value, dict):
+        return {k: host_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(host_copy(v) for v in value)
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.device.type == "cpu":
+        return value.detach().clone()
+    pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+    return pinned.copy_(value.detach(), non_blocking=True)
+
+
+def _on_accelerator(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_on_accelerator(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_on_accelerator(v) for v in value)
+    return isinstance(value, torch.Tensor) and value.device.type == "cuda"
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a thread of its own, so training goes on while a file is
+    serialised, synced and renamed into place. One write at a time, in order: the next one
+    waits for the last. A failed write is raised by the next :meth:`wait`."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, payload: dict[str, Any], done: Callable[[], None]) -> None:
+        """Copy ``payload`` off the training's tensors now and write it to ``path`` in the
+        background; ``done`` is called once the file is in place."""
+        self.wait()
+        copied = host_copy(payload)
+        landed = torch.cuda.Event() if _on_accelerator(payload) else None
+        if landed is not None:
+            landed.record()
+
+        def write() -> None:
+            try:
+                if landed is not None:
+                    landed.synchronize()  # the copies to pinned memory are complete
+                save_checkpoint(path, copied)
+                done()
+            except BaseException as err:  # handed to the training thread by wait()
+                self._error = err
+
+        self._thread = threading.Thread(target=write, name=f"write {path.name}", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the write in flight, if any (its failure is kept for :meth:`wait`)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def wait(self) -> None:
+        """Wait for the write in flight; raise its failure."""
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    @contextmanager
+    def landing(self) -> Iterator[None]:
+        """Every write submitted in the block has landed when it ends, however it ends (a
+        failed write raised over the block's own error)."""
+        try:
+            yield
+        finally:
+            self.wait()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

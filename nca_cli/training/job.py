@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nca_cli.composition import apply_overrides, resolve
+from nca_cli.compute import placed_device
 from nca_cli.config import ConfigError
 from nca_cli.masking import hide_secrets
 
@@ -66,8 +68,12 @@ def train_job(
         if cfg.get("resume"):
             config, checkpoint = resume_config(cfg, overrides)
             return train(config, run_dir, checkpoint, stop=stop)
+        config = resolve(cfg)
+        hydra = HydraConfig.get()
+        if hydra.mode == RunMode.MULTIRUN:  # parallel jobs share the GPUs round-robin
+            config["device"] = placed_device(config["device"], hydra.job.num)
         # a re-run multirun job (k-fold, sweep) may have finished or been interrupted
-        return train_in_folder(resolve(cfg), run_dir, stop=stop)
+        return train_in_folder(config, run_dir, stop=stop)
 
 
 def hydra_job(cfg: DictConfig) -> dict[str, float]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
     ConstantLR,
@@ -46,19 +45,21 @@ def _schedule(optimizer: Optimizer, cfg: ScheduleConfig, iterations: int) -> LRS
     return ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def treat_gradients(params: list[nn.Parameter], cfg: GradConfig) -> float:
-    """Normalise or clip gradients in place; returns the global norm before treatment.
+def treat_gradients(params: list[nn.Parameter], cfg: GradConfig) -> Tensor:
+    """Normalise or clip gradients in place; returns the global norm before treatment, a
+    0-d tensor on the gradients' device (read by the caller when it logs: no host sync).
 
     ``normalize`` divides each parameter's gradient by its own norm (+1e-8), as in the
-    Distill notebook; ``clip_norm`` clips the global norm, as CAX does.
+    Distill notebook; ``clip_norm`` clips the global norm, as CAX does. Non-finite
+    gradients stay non-finite, for the caller's divergence check to see.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return 0.0
-    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
     if cfg.normalize:
         for g in grads:
             g.div_(g.norm() + 1e-8)
-    if cfg.clip_norm is not None and math.isfinite(norm):
+    if cfg.clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
     return norm

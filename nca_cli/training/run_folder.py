@@ -19,6 +19,8 @@ from nca_cli.training.trainer import Report, train
 log = logging.getLogger(__name__)
 ERROR_FILE = "error.txt"  # why a run failed (divergence), beside its last good checkpoint
 METRICS_FILE = "metrics.json"  # written when training completes
+# Keys of metrics.json that tell how the run went, not how good the model is.
+BOOKKEEPING = ("iteration", "seconds", "regen_check_seconds")
 
 
 def finished_metrics(run_dir: Path) -> dict[str, float] | None:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from nca_cli.training.checkpoint import (
     CHECKPOINT_NAME,
     FORMAT,
     CheckpointError,
+    CheckpointWriter,
     environment,
     save_checkpoint,
 )
@@ -63,6 +65,23 @@ class OutOfMemory(RunFailed):
     """The device ran out of memory; the message names what to lower."""
 
 
+@dataclass
+class StepResult:
+    """One optimiser step's figures, left on the state's device until :meth:`Trainer.read`
+    copies those of several steps to the host at once."""
+
+    iteration: int
+    loss: Tensor  # 0-d
+    grad_norm: Tensor  # 0-d, before the gradients were treated
+    alive: Tensor | None  # 0-d bool: a cell alive after the rollout (None: no alive mask)
+    cotrained: dict[str, Tensor]  # the task's co-trained modules' figures (a critic's loss)
+    state: Tensor  # the batch's final states, detached
+
+
+# The share of training time above which the regeneration checks are called too costly.
+REGEN_SHARE = 0.05
+
+
 def snapshot_name(iteration: int) -> str:
     """The file name of the checkpoint kept at ``iteration`` (``trainer.snapshots``)."""
     return f"iter_{iteration:06d}.ckpt"
@@ -87,7 +106,6 @@ class Trainer:
         self.nca = nca.to(self.device)
         # Modules the task trains beside the NCA (a GAN's discriminator), or None.
         self.cotrained = self.task.build_cotrained(self.device)
-        self.cotrained_metrics: dict[str, float] = {}
         self.params = list(self.nca.parameters())
         t = run.trainer
         self.optimizer = build_optimizer(self.params, t.optimizer)
@@ -108,8 +126,15 @@ class Trainer:
         )
         self.iteration = 0
         self.saved_iteration: int | None = None  # of the checkpoint on disk
+        self.writer = CheckpointWriter()
+        self.regen_seconds = 0.0  # spent in regeneration checks in this session
+        self.regen_warned = False
         self.wandb_id: str | None = None
         self.history: list[float] = []
+        # How often the steps' figures are read (and checked) at the latest: on an
+        # accelerator every log_every iterations, each read being a host sync; on the CPU,
+        # where a read costs nothing, every iteration.
+        self.read_every = 1 if self.device.type == "cpu" else t.log_every
 
     # -- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -158,26 +183,38 @@ class Trainer:
         return {"device": {"type": self.device.type, "state": self.step_generator.get_state()}}
 
     def save(self) -> Path:
+        """Write ``last.ckpt`` now (after any write in flight)."""
+        self.writer.wait()
         path = self.run_dir / CHECKPOINT_NAME
         save_checkpoint(path, self.state_dict())
         self.saved_iteration = self.iteration
         return path
 
-    def save_snapshot(self) -> Path:
-        """This iteration's checkpoint, kept as ``iter_<N>.ckpt`` beside ``last.ckpt``."""
-        path = self.run_dir / snapshot_name(self.iteration)
-        save_checkpoint(path, self.state_dict())
-        return path
+    def save_in_background(self, name: str = CHECKPOINT_NAME) -> None:
+        """Copy this iteration's checkpoint off the training's tensors and write it to
+        ``name`` while training goes on (see :class:`CheckpointWriter`)."""
+        iteration = self.iteration
+
+        def written() -> None:
+            if name == CHECKPOINT_NAME:
+                self.saved_iteration = iteration
+
+        self.writer.submit(self.run_dir / name, self.state_dict(), written)
 
     def _to_device(self, batch: Batch) -> Batch:
-        return {k: v.to(self.device) for k, v in batch.items()}
+        """A batch made on the host (fresh samples), on the run's device: on an accelerator
+        through pinned memory, a copy that does not wait for the device."""
+        if self.device.type == "cpu":
+            return batch
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # -- one iteration -----------------------------------------------------------------
     def _batch(self) -> tuple[Tensor | None, Batch]:
         b = self.run.trainer.batch_size
         if self.pool is None:
             return None, self._to_device(self.task.fresh(b, self.generator))
-        idx, batch = self.pool.sample(b, self.generator)
+        # drawn where the pool lives, as are the damage masks (no copy from the host)
+        idx, batch = self.pool.sample(b, self.step_generator)
         pool = self.task.config.pool
         losses = None
         if pool.ranked:
@@ -190,15 +227,16 @@ class Trainer:
             fresh=lambda n: self._to_device(self.task.fresh(n, self.generator)),
             mutate=lambda part: self.task.mutate(part, self.generator),
             wipe_from=self.task.layout.fixed,
-            generator=self.generator,
+            generator=self.step_generator,
         )
         return idx, batch
 
-    def train_step(self) -> tuple[float, float, Tensor]:
-        """One optimiser step; returns the loss, the gradient norm and the final states."""
+    def train_step(self) -> StepResult:
+        """One optimiser step. Its figures stay on the device (see :meth:`read`): a
+        diverged step is caught when they are read, before anything is saved."""
         t = self.run.trainer
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if t.bf16 else nullcontext()
         )
@@ -211,36 +249,60 @@ class Trainer:
                     batch["state"], steps, self.step_generator, t.gradient_checkpointing
                 )
                 loss = self.task.loss(state, batch).mean()
-            if not torch.isfinite(loss):
-                raise DivergenceError(
-                    f"training diverged at iteration {self.iteration + 1}: the loss is "
-                    f"{float(loss.detach())}. {self._likely_cause()}"
-                )
             (loss / t.grad.accumulate).backward()
-            total += float(loss.detach()) / t.grad.accumulate
+            total = total + loss.detach().float() / t.grad.accumulate
             if self.pool is not None and idx is not None:
                 batch["state"] = state.detach()
                 self.pool.commit(idx, batch)
         grad_norm = treat_gradients(self.params, t.grad)
-        if not math.isfinite(grad_norm):
-            raise DivergenceError(
-                f"training diverged at iteration {self.iteration + 1}: the gradient norm is "
-                f"{grad_norm}. {self._likely_cause()}"
-            )
         self.optimizer.step()
         self.scheduler.step()
-        if self.cotrained is not None:
-            self.cotrained_metrics = self.cotrained.update(state.detach(), batch)
+        cotrained = (
+            self.cotrained.update(state.detach(), batch) if self.cotrained is not None else {}
+        )
         self.iteration += 1
-        if self.nca.alive_channel is not None and not bool(self.nca.alive(state).any()):
-            raise DivergenceError(
-                f"every cell is dead after iteration {self.iteration}: the alive mask "
-                f"(channel {self.nca.alive_channel} > {self.nca.alive_threshold}) removed the "
-                "whole state. Likely cause: a model.alive_threshold too high for the seed, or "
-                "updates that drive the alpha channel down (try a lower lr, or a lower "
-                "model.alive_threshold)"
-            )
-        return total, grad_norm, state.detach()
+        alive = self.nca.alive(state).any() if self.nca.alive_channel is not None else None
+        return StepResult(self.iteration, total, grad_norm, alive, cotrained, state.detach())
+
+    def read(self, results: list[StepResult]) -> dict[str, float]:
+        """The figures of ``results`` (the steps since the last read) copied to the host at
+        once, one sync however many steps; their losses join the history. Raises
+        :class:`DivergenceError` naming the first step whose loss or gradient norm is not
+        finite, or after which every cell was dead. Returns the last step's figures."""
+        if not results:
+            return {}
+        last = results[-1]
+        columns = [
+            torch.stack([r.loss.float() for r in results]),
+            torch.stack([r.grad_norm.float().to(r.loss.device) for r in results]),
+            torch.stack([r.loss.new_ones(()) if r.alive is None else r.alive for r in results]),
+            *(v.detach().float().reshape(1).expand(len(results)) for v in last.cotrained.values()),
+        ]
+        values = torch.stack([c.float() for c in columns]).cpu().tolist()
+        for n, result in enumerate(results):
+            loss, grad_norm, alive = values[0][n], values[1][n], values[2][n]
+            at = result.iteration
+            if not math.isfinite(loss):
+                raise DivergenceError(
+                    f"training diverged at iteration {at}: the loss is {loss}. "
+                    f"{self._likely_cause()}"
+                )
+            if not math.isfinite(grad_norm):
+                raise DivergenceError(
+                    f"training diverged at iteration {at}: the gradient norm is {grad_norm}. "
+                    f"{self._likely_cause()}"
+                )
+            if not alive:
+                raise DivergenceError(
+                    f"every cell is dead after iteration {at}: the alive mask (channel "
+                    f"{self.nca.alive_channel} > {self.nca.alive_threshold}) removed the "
+                    "whole state. Likely cause: a model.alive_threshold too high for the seed, "
+                    "or updates that drive the alpha channel down (try a lower lr, or a lower "
+                    "model.alive_threshold)"
+                )
+            self.history.append(loss)
+        cotrained = {k: row[-1] for k, row in zip(last.cotrained, values[3:], strict=True)}
+        return {"loss": values[0][-1], "grad_norm": values[1][-1], **cotrained}
 
     def _likely_cause(self) -> str:
         t = self.run.trainer
@@ -256,12 +318,10 @@ class Trainer:
             )
         )
 
-    def _train_step(self) -> tuple[float, float, Tensor]:
-        """:meth:`train_step`, its failures naming the checkpoint that is kept."""
+    def _train_step(self) -> StepResult:
+        """:meth:`train_step`, running out of memory a failure naming what to lower."""
         try:
             return self.train_step()
-        except DivergenceError as err:
-            raise DivergenceError(f"{err}.\nTraining stopped; {self._kept()}") from None
         except torch.OutOfMemoryError as err:
             t = self.run.trainer
             first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
@@ -276,8 +336,16 @@ class Trainer:
                 "resume it with the lower values"
             ) from None
 
+    def _read(self, results: list[StepResult]) -> dict[str, float]:
+        """:meth:`read`, a divergence naming the checkpoint that is kept."""
+        try:
+            return self.read(results)
+        except DivergenceError as err:
+            raise DivergenceError(f"{err}.\nTraining stopped; {self._kept()}") from None
+
     def _kept(self) -> str:
         """Which checkpoint a failed run leaves to resume from."""
+        self.writer.join()  # a write in flight lands first
         if self.saved_iteration is None:
             return "no checkpoint had been written yet"
         path = self.run_dir / CHECKPOINT_NAME
@@ -307,15 +375,31 @@ class Trainer:
         _x, states = self.nca.rollout(batch["state"], steps, self.step_generator, trajectory=True)
         return [upscale(self.task.render(s)[0], 4) for s in [batch["state"], *states]]
 
-    def regen_check(self, logger: RunLogger, step: int) -> dict[str, float]:
+    def regen_check(
+        self, logger: RunLogger, step: int, training: float | None = None
+    ) -> dict[str, float]:
         """The ``nca eval`` protocol on a few samples (``trainer.regen_check``), logged as
-        ``regen/*`` and to regen.jsonl; its own seeded generator leaves the training's random
-        stream alone."""
+        ``regen/*`` and to regen.jsonl with its seconds; its own seeded generator leaves the
+        training's random stream alone. ``training``: the seconds this session has trained
+        so far, to warn (once) when the checks take more than 5% of them."""
         cfg = self.run.trainer.regen_check
+        start = time.perf_counter()
         values = regeneration_check(self.task, self.nca, cfg, self.run.seed, self.device)
+        seconds = time.perf_counter() - start
+        self.regen_seconds += seconds
         logger.metrics({f"regen/{k}": v for k, v in values.items()}, step=step)
         with (self.run_dir / "regen.jsonl").open("a") as f:
-            f.write(json.dumps({"iteration": step, **values}) + "\n")
+            f.write(json.dumps({"iteration": step, **values, "seconds": seconds}) + "\n")
+        share = self.regen_seconds / max(training - self.regen_seconds, 1e-9) if training else 0
+        if share > REGEN_SHARE and not self.regen_warned:
+            self.regen_warned = True
+            log.warning(
+                "the regeneration checks took %.0f%% of the training time so far (%.1f s each): "
+                "raise trainer.regen_check.every (now %d) or lower trainer.regen_check.samples",
+                100 * share,
+                seconds,
+                cfg.every,
+            )
         return values
 
     # -- the loop ------------------------------------------------------------------------
@@ -339,38 +423,55 @@ class Trainer:
                 f"Resume with:\n  nca train resume={self.run_dir}"
             )
         start = time.perf_counter()
-        with _progress(progress, t.iterations, self.iteration) as advance:
+        unread: list[StepResult] = []  # steps whose figures are still on the device
+        progressing = _progress(progress, t.iterations, self.iteration)
+        with self.writer.landing(), progressing as advance:
             while self.iteration < t.iterations:
-                loss, grad_norm, state = self._train_step()
-                self.history.append(loss)
+                result = self._train_step()
+                unread.append(result)
                 i = self.iteration
-                if i % t.log_every == 0 or i == t.iterations:
+                # One look at the stop request per iteration: a request that comes later is
+                # seen at the next one, so a stop always follows its checkpoint.
+                stopping = stop.is_set()
+                check = t.regen_check
+                logged = i % t.log_every == 0 or i == t.iterations
+                imaged = i % t.image_every == 0
+                saved = i % t.checkpoint_every == 0 or i == t.iterations or stopping
+                checked = (check.enabled and check.every > 0 and i % check.every == 0) and not (
+                    i == t.iterations or stopping
+                )
+                snapshot = i in t.snapshots
+                busy = logged or imaged or saved or checked or snapshot
+                if not (busy or i % self.read_every == 0):
+                    advance(None)
+                    continue
+                figures = self._read(unread)  # nothing is shown or saved before this
+                unread = []
+                if logged:
                     row = {
-                        "loss": loss,
-                        "log10_loss": math.log10(max(loss, 1e-12)),
+                        "loss": figures["loss"],
+                        "log10_loss": math.log10(max(figures["loss"], 1e-12)),
                         "lr": self.scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        **self.cotrained_metrics,
+                        "grad_norm": figures["grad_norm"],
+                        **{k: v for k, v in figures.items() if k not in ("loss", "grad_norm")},
                     }
                     logger.metrics(row, step=i)
                     with metrics_file.open("a") as f:
                         f.write(json.dumps({"iteration": i, **row}) + "\n")
                     if report is not None:
                         report(i, row)
-                if i % t.image_every == 0:
-                    grid = upscale(tile(self.task.render(state)), 2)
+                if imaged:
+                    grid = upscale(tile(self.task.render(result.state)), 2)
                     save_png(images / f"iter_{i:06d}.png", grid)
                     logger.image("batch", grid, step=i)
-                if i % t.checkpoint_every == 0 or i == t.iterations or stop.is_set():
-                    self.save()
-                if i in t.snapshots:
-                    self.save_snapshot()
-                check = t.regen_check
-                due = check.enabled and check.every > 0 and i % check.every == 0
-                if due and i < t.iterations and not stop.is_set():
-                    self.regen_check(logger, i)
-                advance(loss)
-                if stop.is_set():
+                if saved:
+                    self.save_in_background()
+                if snapshot:
+                    self.save_in_background(snapshot_name(i))
+                if checked:
+                    self.regen_check(logger, i, time.perf_counter() - start)
+                advance(figures["loss"])
+                if stopping:
                     raise Interrupted(
                         f"interrupted at iteration {i}; checkpoint saved. Resume with:\n"
                         f"  nca train resume={self.run_dir}"
@@ -397,7 +498,12 @@ class Trainer:
         logger.video("rollout", self.run_dir / "rollout.gif", step=self.iteration)
         logger.metrics({f"final/{k}": v for k, v in metrics.items()}, step=self.iteration)
         logger.artifact(self.run_dir / CHECKPOINT_NAME, f"model-{self.run_dir.name}", "model")
-        summary = {"iteration": self.iteration, "seconds": elapsed, **metrics}
+        summary = {
+            "iteration": self.iteration,
+            "seconds": elapsed,
+            "regen_check_seconds": self.regen_seconds,
+            **metrics,
+        }
         write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
         return metrics
 
@@ -429,12 +535,14 @@ def _progress(enabled: bool, total: int, done: int) -> Iterator[Any]:
         task = bar.add_task("train", total=total, completed=done, loss=float("nan"), rate=0.0)
         last = time.perf_counter()
 
-        def advance(loss: float) -> None:
+        def advance(loss: float | None) -> None:
+            """One iteration more; ``loss`` where the step's figures were read."""
             nonlocal last
             now = time.perf_counter()
             rate = 1.0 / max(now - last, 1e-9)
             last = now
-            bar.update(task, advance=1, loss=loss, rate=rate)
+            shown = {} if loss is None else {"loss": loss}
+            bar.update(task, advance=1, rate=rate, **shown)
 
         yield advance
 

@@ -18,6 +18,7 @@ from nca_cli.engine.layout import ChannelLayout
 from nca_cli.engine.nca import build_nca
 from nca_cli.engine.schema import ModelConfig
 from nca_cli.training.checkpoint import load_checkpoint
+from nca_cli.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 SMOKE = ["task=growing", "trainer=smoke", "logger=none", "device=cuda"]
@@ -68,6 +69,24 @@ def test_training_on_cuda_runs_and_resumes(tmp_path: Path) -> None:
     b = load_checkpoint(parts / "last.ckpt")["model"]
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_training_iterations_between_reads_make_no_host_sync(tmp_path: Path) -> None:
+    # The growing family with a pool and damage: sampling, renewal, damage masks, rollout,
+    # loss, gradient treatment and the optimiser step all stay on the device.
+    config = api.compose(
+        [*SMOKE, "task=regenerating", "trainer.batch_size=8", "pool_size=16", "seed=0"]
+    )
+    trainer = Trainer(config, tmp_path)
+    trainer.read([trainer.train_step()])  # the first step compiles and fills the caches
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        results = [trainer.train_step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    figures = trainer.read(results)
+    assert len(trainer.history) == 4 and figures["grad_norm"] > 0
 
 
 def test_bench_times_the_dense_step_on_cuda(tmp_path: Path) -> None:

@@ -72,3 +72,22 @@ def test_damage_masks_are_binary_and_reproducible(kind: str) -> None:
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert bool(((a == 0).flatten(1).any(dim=1)).all())  # every mask wipes something
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DamageConfig(kind="circle"),
+        DamageConfig(kind="rect"),
+        DamageConfig(kind="half", side="random"),
+        DamageConfig(kind="half", side="top"),
+        DamageConfig(kind="noise"),
+    ],
+    ids=lambda c: f"{c.kind}-{c.side}",
+)
+def test_masks_are_drawn_on_the_device_asked_for(cfg: DamageConfig) -> None:
+    # 'meta' stands in for an accelerator: nothing may be made on the CPU and copied over.
+    mask = damage_mask(cfg, 3, 16, 24, device="meta")
+    assert mask.device.type == "meta" and mask.shape == (3, 1, 16, 24)
+    on_cpu = damage_mask(cfg, 3, 16, 24, torch.Generator().manual_seed(0))
+    assert on_cpu.device.type == "cpu"

@@ -39,9 +39,9 @@ def test_non_finite_gradients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     original = trainer_module.treat_gradients
     calls: list[int] = []
 
-    def treat(*args: Any, **kwargs: Any) -> float:
+    def treat(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls.append(1)
-        return math.inf if len(calls) == 3 else original(*args, **kwargs)
+        return torch.tensor(math.inf) if len(calls) == 3 else original(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "treat_gradients", treat)
     with pytest.raises(DivergenceError) as caught:

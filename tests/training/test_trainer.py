@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import signal
+import threading
 import typing
 from collections import Counter
 from importlib import resources
@@ -24,9 +25,11 @@ from nca_cli.engine.schema import ModelConfig
 from nca_cli.tasks import available_tasks, task_class
 from nca_cli.training.checkpoint import CheckpointError, load_checkpoint
 from nca_cli.training.interrupts import Interrupted
+from nca_cli.training.loggers import NullLogger
 from nca_cli.training.schema import LoggerConfig, TrainerConfig, parse_run_config
 from nca_cli.training.trainer import (
     DivergenceError,
+    StepResult,
     Trainer,
     draw_steps,
     train,
@@ -336,6 +339,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = small("trainer.iterations=5", "trainer.checkpoint_every=1")
+    nan_at_training_call(monkeypatch, 3)
+    with pytest.raises(DivergenceError, match="iteration 3"):
+        train(config, tmp_path)
+    assert load_checkpoint(tmp_path / "last.ckpt")["iteration"] == 2
+
+
+def nan_at_training_call(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """The training loss of the ``call``-th step is NaN."""
     cls = task_class("growing")
     original = cls.loss
     training_calls: list[int] = []
@@ -344,14 +355,62 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         value = original(self, state, batch)
         if state.requires_grad:  # the training loss, not the pool's ranking
             training_calls.append(1)
-            if len(training_calls) == 3:
+            if len(training_calls) == call:
                 return value * float("nan")
         return value
 
     monkeypatch.setattr(cls, "loss", loss)
-    with pytest.raises(DivergenceError, match="iteration 3"):
-        train(config, tmp_path)
-    assert load_checkpoint(tmp_path / "last.ckpt")["iteration"] == 2
+
+
+def fit_reading_every(config: dict[str, Any], run_dir: Path, every: int) -> Trainer:
+    """A trainer that reads its figures every ``every`` steps, as on an accelerator."""
+    trainer = Trainer(config, run_dir)
+    trainer.read_every = every
+    trainer.fit(NullLogger(), threading.Event(), progress=False)
+    return trainer
+
+
+def test_figures_read_in_blocks_give_the_same_run(tmp_path: Path) -> None:
+    config = small(
+        "trainer.iterations=8",
+        "trainer.log_every=4",
+        "trainer.checkpoint_every=8",
+        "trainer.image_every=8",
+    )
+    each = fit_reading_every(config, tmp_path / "each", 1)
+    blocks = fit_reading_every(config, tmp_path / "blocks", 4)
+    assert blocks.history == each.history and len(each.history) == 8
+    assert losses(tmp_path / "blocks") == losses(tmp_path / "each")
+
+
+def test_a_divergence_read_late_names_its_iteration_and_saves_nothing_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = small(
+        "trainer.iterations=10",
+        "trainer.log_every=5",
+        "trainer.checkpoint_every=5",
+        "trainer.image_every=10",
+        "model.engine=dense",
+        "model.compile=false",
+    )
+    nan_at_training_call(monkeypatch, 3)
+    reads: list[list[int]] = []
+    original = Trainer.read
+
+    def read(self: Trainer, results: list[StepResult]) -> dict[str, float]:
+        reads.append([r.iteration for r in results])
+        return original(self, results)
+
+    monkeypatch.setattr(Trainer, "read", read)
+    trainer = Trainer(config, tmp_path)
+    trainer.read_every = 5
+    trainer.save()
+    with pytest.raises(DivergenceError, match="at iteration 3: the loss is nan"):
+        trainer.fit(NullLogger(), threading.Event(), progress=False)
+    assert reads == [[1, 2, 3, 4, 5]]  # one read for five steps
+    assert len(trainer.history) == 2 and all(np.isfinite(trainer.history))  # steps 1 and 2
+    assert load_checkpoint(tmp_path / "last.ckpt")["iteration"] == 0  # not the diverged one
 
 
 def test_dead_cells_stop_the_run(tmp_path: Path) -> None:
@@ -380,9 +439,9 @@ def test_trainer_options_train(tmp_path: Path, options: list[str]) -> None:
     before = [p.detach().clone() for p in trainer.params]
     lrs = []
     for _ in range(3):
-        loss, grad_norm, _ = trainer.train_step()
+        figures = trainer.read([trainer.train_step()])
         lrs.append(trainer.scheduler.get_last_lr()[0])
-        assert np.isfinite(loss) and grad_norm > 0
+        assert np.isfinite(figures["loss"]) and figures["grad_norm"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
     if "exponential" in " ".join(options):
         assert lrs == pytest.approx([2e-3 * 0.5, 2e-3 * 0.25, 2e-3 * 0.125])
