@@ -40,7 +40,8 @@ bench: $(STAMP)
 # On a machine with a CUDA device: the CUDA tests, then the bench on the GPU (dense step).
 gpu-check: $(STAMP)
 	$(PY) -m pytest tests/cuda -v
-	$(VENV)/bin/nca bench --device cuda --iters 10 --json outputs/bench-cuda.json
+	$(VENV)/bin/nca bench --device cuda --iters 10 --engine dense,dense-eager,reference \
+		--json outputs/bench-cuda.json
 
 # import-linter reads the package as installed (tasks/ and conf/ inside nca_cli), so the
 # layers are checked on a copy installed into build/import-graph.

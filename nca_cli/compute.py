@@ -27,6 +27,24 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+def place_device(device: str, slot: int, count: int) -> str:
+    """``device`` for the ``slot``-th of parallel jobs (sweep trials, multirun jobs, folds):
+    plain ``cuda`` on a machine with ``count`` > 1 GPUs becomes ``cuda:<slot mod count>``,
+    so jobs share the GPUs round-robin; anything else (the CPU, a chosen ``cuda:N``) stays."""
+    if device != "cuda" or count < 2:
+        return device
+    return f"cuda:{slot % count}"
+
+
+def placed_device(device: str, slot: int) -> str:
+    """:func:`place_device` with this machine's GPU count (torch imported only for CUDA)."""
+    if device != "cuda":
+        return device
+    import torch
+
+    return place_device(device, slot, torch.cuda.device_count())
+
+
 def configure_cpu(threads: int | None) -> None:
     """Run torch's CPU operations on ``threads`` threads (its default, all cores, when None
     or 0) and keep freed memory in the process (:func:`keep_freed_memory`)."""

@@ -11,13 +11,16 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nca_cli.benchmark.cases import BenchCase, build_model, load_cases, parse_case
 from nca_cli.compute import configure_cpu
 from nca_cli.config import ConfigError
+
+# model.engine's names, and the dense step without torch.compile.
+BENCH_ENGINES = ("auto", "fused", "dense", "dense-eager", "reference")
 
 
 @dataclass
@@ -28,7 +31,10 @@ class BenchOptions:
     device: str = "cpu"
     iters: int = 5  # timed training iterations (the median is reported)
     warmup: int = 2  # untimed iterations first
-    engine: str | None = None  # the step for every case (default: each case's model.engine)
+    # The steps to time side by side, each case once per engine (see BENCH_ENGINES; empty:
+    # each case's own model.engine); ``engine`` is the one a case's process times.
+    engines: list[str] = field(default_factory=list)
+    engine: str | None = None
     checkpointing: int = 0  # gradient checkpointing every N steps (0: the case's own)
 
 
@@ -72,7 +78,10 @@ def run_case(name: str, case: BenchCase, opts: BenchOptions) -> dict[str, Any]:
     device = torch.device(opts.device)
     torch.manual_seed(0)
     nca = build_model(name, case).to(device)
-    nca.engine = opts.engine or nca.engine
+    if opts.engine == "dense-eager":
+        nca.engine, nca.compile_dense = "dense", False
+    elif opts.engine is not None:
+        nca.engine = opts.engine
     layout = nca.layout
     params = sum(p.numel() for p in nca.parameters())
     h, w = case.grid
@@ -110,8 +119,7 @@ def run_case(name: str, case: BenchCase, opts: BenchOptions) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     base_rss = peak_rss_mb()
-    for _ in range(opts.warmup):
-        iteration()
+    warmup = [iteration() for _ in range(opts.warmup)]  # the first one compiles, if any
     times = [iteration() for _ in range(opts.iters)]
     train_peak = peak_rss_mb()
     gpu_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -131,9 +139,10 @@ def run_case(name: str, case: BenchCase, opts: BenchOptions) -> dict[str, Any]:
     s_per_iter = statistics.median(times)
     cells = case.batch * h * w * case.steps
     train_flops, infer_flops = count_flops(nca)
+    eager = kind == "dense" and not nca.compile_dense
     return {
         "case": name,
-        "engine": kind,
+        "engine": f"{kind}-eager" if eager else kind,
         "native": native,
         "params": params,
         "s_per_iter": s_per_iter,
@@ -144,6 +153,8 @@ def run_case(name: str, case: BenchCase, opts: BenchOptions) -> dict[str, Any]:
         "peak_rss_mb": train_peak,
         "base_rss_mb": base_rss,
         "peak_gpu_mb": gpu_peak,
+        "first_iter_s": (warmup or times)[0],
+        "compile_s": nca.compile_seconds,
         "gflop_per_iter": train_flops * cells / 1e9,
         "gflops": train_flops * cells / s_per_iter / 1e9,
         "infer_gflops": infer_flops * cells / infer_s / 1e9,
@@ -215,7 +226,8 @@ def select_cases(names: list[str] | None, case_file: Path | None) -> dict[str, B
 
 
 def run_bench(cases: dict[str, BenchCase], opts: BenchOptions) -> list[dict[str, Any]]:
-    """Time every case, each in its own process; one row of figures per case."""
+    """Time every case (once per engine of ``opts.engines``), each in its own process; one
+    row of figures per case and engine."""
     if opts.iters < 1 or opts.warmup < 0 or opts.threads < 1:
         raise ConfigError("--iters and --threads must be >= 1 and --warmup >= 0")
     if opts.device != "cpu" and not opts.device.startswith("cuda"):
@@ -224,10 +236,19 @@ def run_bench(cases: dict[str, BenchCase], opts: BenchOptions) -> list[dict[str,
 
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is available")
+    unknown = [e for e in opts.engines if e not in BENCH_ENGINES]
+    if unknown:
+        raise ConfigError(
+            f"invalid value for '--engine': {','.join(unknown)}; expected a comma-separated "
+            f"list of {', '.join(BENCH_ENGINES)}"
+        )
     rate = matmul_gflops(opts.device, opts.threads)
     rows = []
+    engines: list[str | None] = list(opts.engines) or [None]
     for name, case in cases.items():
-        row = spawn(name, case, opts)
+        for engine in engines:
+            rows.append(spawn(name, case, replace(opts, engines=[], engine=engine)))
+    for row in rows:
         row.update(
             matmul_gflops=rate,
             fraction_of_matmul=row["gflops"] / rate,
@@ -235,5 +256,4 @@ def run_bench(cases: dict[str, BenchCase], opts: BenchOptions) -> list[dict[str,
             device=opts.device,
             torch=torch.__version__,
         )
-        rows.append(row)
     return rows

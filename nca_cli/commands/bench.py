@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nca_cli.engine.schema import ENGINES
-
 
 def print_table(rows: list[dict[str, Any]], header: str) -> None:
     from rich.table import Table
@@ -18,26 +16,37 @@ def print_table(rows: list[dict[str, Any]], header: str) -> None:
     from nca_cli.tables import table_console
 
     table = Table(title=header, title_justify="left")
+    gpu = any(r.get("peak_gpu_mb") is not None for r in rows)
     for col in (
         "case",
+        "engine",
         "params",
         "s/iter",
         "train cells/s",
         "infer cells/s",
         "peak RSS MB",
-        "GFLOP/iter",
+        *(["peak GPU MB"] if gpu else []),
+        "compile s",
+        "GFLOP per iter",
         "GFLOP/s",
         "of matmul",
     ):
-        table.add_column(col, justify="left" if col == "case" else "right")
+        if col in ("case", "engine"):  # names in full; the figures make room
+            widest = max(len(str(r[col])) for r in rows)
+            table.add_column(col, justify="left", no_wrap=True, min_width=widest)
+        else:
+            table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
             r["case"],
+            r["engine"],
             f"{r['params']:,}",
             f"{r['s_per_iter']:.3f}",
             f"{r['cell_updates_per_s']:.3g}",
             f"{r['infer_cell_updates_per_s']:.3g}",
             f"{r['peak_rss_mb']:.0f}",
+            *([f"{r['peak_gpu_mb']:.0f}"] if gpu else []),
+            f"{r['compile_s']:.1f}" if r["compile_s"] else "-",
             f"{r['gflop_per_iter']:.2f}",
             f"{r['gflops']:.1f}",
             f"{r['fraction_of_matmul']:.0%}",
@@ -95,10 +104,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]' (default cpu)")
     p.add_argument(
         "--engine",
-        choices=list(ENGINES),
-        help="the step for every case: auto (the fused step on the CPU, the dense compiled "
-        "step on CUDA), fused, dense or reference, to compare (default: each case's "
-        "model.engine)",
+        metavar="NAME[,NAME]",
+        help="the step for every case, or several to time side by side: auto (the fused "
+        "step on the CPU, the dense compiled step on CUDA), fused, dense (compiled), "
+        "dense-eager (not compiled) or reference (default: each case's model.engine)",
     )
     p.add_argument(
         "--checkpointing",
@@ -123,7 +132,7 @@ def main(argv: list[str]) -> None:
         device=args.device,
         iters=args.iters,
         warmup=args.warmup,
-        engine=args.engine,
+        engines=args.engine.split(",") if args.engine else [],
         checkpointing=args.checkpointing,
     )
     try:

@@ -21,6 +21,9 @@ from nca_cli.engine.update import UpdateMLP
 
 log = logging.getLogger(__name__)
 
+# Steps per compiled block of the dense step (see NCA.dense_steps).
+DENSE_BLOCK = 8
+
 
 @dataclass
 class StepNoise:
@@ -75,6 +78,8 @@ class NCA(nn.Module):
         self.engine = engine
         self.compile_dense = compile_dense
         self._dense_steps: Callable[..., list[Tensor]] | None = None  # compiled on first use
+        self._compiled_for: set[tuple[Any, ...]] = set()  # block lengths and inputs seen
+        self.compile_seconds = 0.0  # spent in the dense step's first calls (compiling)
         # supports()'s answer and the options it was given; the reasons logged so far.
         self._fused: tuple[tuple[object, ...], str | None] | None = None
         self._logged: set[str] = set()
@@ -212,17 +217,45 @@ class NCA(nn.Module):
         self, x: Tensor, fire: Tensor | None, noise: Tensor | None, n: int
     ) -> list[Tensor]:
         """``n`` reference steps with fixed shapes (masks multiply, nothing is selected),
-        the states after each: under ``torch.compile`` when ``compile_dense`` is on. The
-        first call compiles (logged with its time; torch caches the result on disk)."""
+        the states after each: under ``torch.compile`` when ``compile_dense`` is on, as
+        blocks of :data:`DENSE_BLOCK` steps and single steps, so that two compiled graphs
+        serve rollouts of every length (a graph per length would compile again for each
+        length a training draws). Each first compilation is logged with its time (and
+        counted in ``compile_seconds``); torch caches the results on disk."""
         if not self.compile_dense:
             return _steps(self, x, fire, noise, n)
         if self._dense_steps is None:
             self._dense_steps = torch.compile(_steps, dynamic=False)
-            start = time.perf_counter()
-            states = self._dense_steps(self, x, fire, noise, n)
-            log.info("compiled the dense step in %.1f s", time.perf_counter() - start)
-            return states
-        return self._dense_steps(self, x, fire, noise, n)
+        states: list[Tensor] = []
+        done = 0
+        while done < n:
+            m = DENSE_BLOCK if n - done >= DENSE_BLOCK else 1
+            part = self._compiled_block(x, _rows(fire, done, m), _rows(noise, done, m), m)
+            states.extend(part)
+            x, done = part[-1], done + m
+        return states
+
+    def _compiled_block(
+        self, x: Tensor, fire: Tensor | None, noise: Tensor | None, m: int
+    ) -> list[Tensor]:
+        assert self._dense_steps is not None
+        key = (m, tuple(x.shape), x.dtype, str(x.device), torch.is_grad_enabled())
+        if key in self._compiled_for:
+            return self._dense_steps(self, x, fire, noise, m)
+        start = time.perf_counter()
+        states = self._dense_steps(self, x, fire, noise, m)
+        seconds = time.perf_counter() - start
+        self._compiled_for.add(key)
+        self.compile_seconds += seconds
+        log.info(
+            "compiled the dense step for blocks of %d step%s (states %s%s) in %.1f s",
+            m,
+            "" if m == 1 else "s",
+            "x".join(map(str, x.shape)),
+            ", with gradients" if key[-1] else "",
+            seconds,
+        )
+        return states
 
     def rollout(
         self,
@@ -253,6 +286,10 @@ class NCA(nn.Module):
             if trajectory:
                 states.append(x.detach())
         return x, states
+
+
+def _rows(masks: Tensor | None, start: int, n: int) -> Tensor | None:
+    return None if masks is None else masks[start : start + n]
 
 
 def _steps(nca: NCA, x: Tensor, fire: Tensor | None, noise: Tensor | None, n: int) -> list[Tensor]:

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nca_cli.compute import placed_device
 from nca_cli.config import ConfigError
 from nca_cli.sweeping.study import creation_lock, objective_value, open_storage, storage_url
 
@@ -223,6 +224,7 @@ def fold_config(config: dict[str, Any], fold: int, plan: FoldPlan) -> dict[str, 
     out["logger"]["group"] = f"{group}/{plan.trial}"
     if plan.n_jobs > 1:
         out["threads"] = max(1, (out.get("threads") or os.cpu_count() or 1) // plan.n_jobs)
+        out["device"] = placed_device(out["device"], fold)  # parallel folds share the GPUs
     return out
 
 

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nca_cli.atomic import write_text_atomic
+from nca_cli.compute import placed_device
 from nca_cli.sweeping.study import make_pruner, open_storage, storage_url
 
 Report = Callable[[int, dict[str, float]], None]
@@ -36,6 +37,8 @@ def run_trial(cfg: DictConfig, evaluate: Evaluate | None = None) -> dict[str, fl
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    config["device"] = placed_device(config["device"], hydra_cfg.job.num)  # round-robin
     try:
         report = study_reporter(hydra_cfg)
         return dict(evaluate(config, run_dir, report=report))

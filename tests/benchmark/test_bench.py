@@ -124,6 +124,25 @@ def test_bench_json_on_a_tiny_case(tmp_path: Path) -> None:
         assert 0 < row["fraction_of_matmul"] == pytest.approx(row["gflops"] / row["matmul_gflops"])
 
 
+def test_bench_times_engines_side_by_side(tmp_path: Path) -> None:
+    cases = tmp_path / "tiny.yaml"
+    cases.write_text("cases:\n  tiny: {grid: [8, 8], batch: 2, steps: 2}\n")
+    engines = "dense,dense-eager,reference"
+    out = nca(
+        "bench", "--case-file", str(cases), "--cases", "tiny", "--engine", engines,
+        "--iters", "1", "--warmup", "1", "--threads", "1", "--json", str(tmp_path / "b.json"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [(r["case"], r["engine"]) for r in rows] == [("tiny", e) for e in engines.split(",")]
+    compiled = {r["engine"]: r["compile_s"] for r in rows}
+    assert compiled["dense"] > 0 and compiled["dense-eager"] == compiled["reference"] == 0
+    assert all(r["first_iter_s"] > 0 for r in rows)
+    bad = nca("bench", "--cases", "growing", "--engine", "dense,turbo", cwd=tmp_path)
+    assert bad.returncode == 2 and "'--engine': turbo" in bad.stderr
+
+
 def test_bench_help_and_errors(tmp_path: Path) -> None:
     out = nca("bench", "--help", cwd=tmp_path)
     assert out.returncode == 0

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from nca_cli.config import ConfigError
 from nca_cli.engine.layout import ChannelLayout
-from nca_cli.engine.nca import NCA, build_nca
+from nca_cli.engine.nca import DENSE_BLOCK, NCA, build_nca
 from nca_cli.engine.schema import ModelConfig
 from nca_cli.training.checks import check_config
 
@@ -56,11 +56,36 @@ def test_the_compiled_dense_step_is_the_reference_step(
     with caplog.at_level(logging.INFO):
         compiled = outcome(nca, x0, True, rollouts(nca, run))
         again = outcome(nca, x0, True, rollouts(nca, run))  # no second compilation
-    assert caplog.text.count("compiled the dense step in") == 1
+    assert caplog.text.count("compiled the dense step") == 1
     nca.engine = "reference"
     reference = outcome(nca, x0, True, rollouts(nca, run))
     assert_same(compiled, reference)
     assert_same(again, reference)
+
+
+def test_rollouts_of_every_length_share_two_compiled_blocks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A training draws its rollout lengths (64-96 steps for the lizard): compiling a graph
+    # per length would compile again and again.
+    layout = ChannelLayout(8, visible=4, alpha=3)
+    torch.manual_seed(0)
+    model = ModelConfig(channels=8, hidden=[16], zero_init=False)
+    nca = build_nca(model, {"kind": "sobel"}, layout, 3)
+    x0 = torch.rand((2, 8, 10, 10), generator=torch.Generator().manual_seed(1))
+    finals = {}
+    with torch.no_grad(), caplog.at_level(logging.INFO):
+        nca.engine = "dense"
+        for steps in (DENSE_BLOCK + 1, 2 * DENSE_BLOCK + 1, DENSE_BLOCK + 4):
+            finals[steps] = nca.rollout(x0, steps, torch.Generator().manual_seed(steps))[0]
+        nca.engine = "reference"
+        for steps, final in finals.items():
+            want = nca.rollout(x0, steps, torch.Generator().manual_seed(steps))[0]
+            torch.testing.assert_close(final, want, rtol=1e-5, atol=1e-5)
+    compiled = [r.message for r in caplog.records if "compiled the dense step" in r.message]
+    assert len(compiled) == 2, compiled
+    assert any(f"blocks of {DENSE_BLOCK} steps" in m for m in compiled)
+    assert any("blocks of 1 step " in m for m in compiled) and nca.compile_seconds > 0
 
 
 def test_each_engine_runs_its_step() -> None:

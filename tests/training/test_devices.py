@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nca_cli import api
-from nca_cli.compute import device_problem
+from nca_cli.compute import device_problem, place_device
 from nca_cli.measures.protocol import ProtocolConfig
 from nca_cli.measures.steps import ProtocolSteps
 from nca_cli.training.checkpoint import load_checkpoint, save_checkpoint
@@ -106,3 +106,11 @@ def test_out_of_memory_names_what_to_lower_and_keeps_the_checkpoint(
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run / "last.ckpt")["iteration"] == 4
     assert not (run / "error.txt").exists()
+
+
+def test_parallel_jobs_share_the_gpus_round_robin() -> None:
+    jobs = [place_device("cuda", slot, 3) for slot in range(5)]
+    assert jobs == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert place_device("cuda", 4, 1) == "cuda"  # one GPU: every job on it
+    assert place_device("cuda:1", 0, 3) == "cuda:1"  # a chosen GPU stays
+    assert place_device("cpu", 2, 3) == "cpu"
