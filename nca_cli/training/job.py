@@ -48,6 +48,11 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any]
         for item in overrides
         if not item.lstrip("+~").startswith(("resume=", "hydra.", "hydra/"))
     ]
+    if any(item.startswith("init=") for item in wanted):
+        raise ConfigError(
+            "invalid value for 'init': a resumed run continues from its own checkpoint; "
+            "init= starts a new run from another run's weights (drop resume= or init=)"
+        )
     config = apply_overrides(checkpoint["config"], wanted, f"the run {run_dir}")
     config["resume"] = str(run_dir)
     check_config(config, wanted)

@@ -100,6 +100,11 @@ class RegenCheckConfig:
         return dict.fromkeys(("every", "samples", "perturbation", "steps"), why)
 
 
+# Which weights a run trains: all; update (a learned perception stays as it was); last (the
+# update rule's last layer only). See training/finetune.py.
+TRAINABLE = ("all", "update", "last")
+
+
 @dataclass
 class TrainerConfig:
     iterations: int = 2000
@@ -110,6 +115,7 @@ class TrainerConfig:
     grad: GradConfig = field(default_factory=GradConfig)
     bf16: bool = False
     gradient_checkpointing: int = 0
+    trainable: str = "all"
     checkpoint_every: int = 100
     # Iterations whose checkpoint is also kept as iter_<N>.ckpt (a reproduction evaluates
     # accuracy against training length from them).
@@ -145,6 +151,7 @@ class RunConfig:
     device: str = "cpu"
     threads: int | None = None
     resume: str | None = None
+    init: str | None = None  # a run folder or checkpoint whose weights this run starts from
     task: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     perception: dict[str, Any] = field(default_factory=dict)
@@ -197,6 +204,7 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
         t.gradient_checkpointing,
         "0 (off) or the number of steps per checkpointed block",
     )
+    choice(t.trainable, list(TRAINABLE), "trainer.trainable")
     rc = t.regen_check
     require(rc.every >= 0, "trainer.regen_check.every", rc.every, "0 (at the end) or a period")
     require(rc.samples >= 1, "trainer.regen_check.samples", rc.samples, "an integer >= 1")

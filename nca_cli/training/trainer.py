@@ -39,6 +39,7 @@ from nca_cli.training.checkpoint import (
     environment,
     save_checkpoint,
 )
+from nca_cli.training.finetune import freeze, load_initial_weights
 from nca_cli.training.interrupts import Interrupted, stop_requests
 from nca_cli.training.loggers import RunLogger, make_logger, preflight
 from nca_cli.training.optim import build_optimizer, build_scheduler, treat_gradients
@@ -106,8 +107,9 @@ class Trainer:
         self.nca = nca.to(self.device)
         # Modules the task trains beside the NCA (a GAN's discriminator), or None.
         self.cotrained = self.task.build_cotrained(self.device)
-        self.params = list(self.nca.parameters())
         t = run.trainer
+        self.params = freeze(self.nca, t.trainable)
+        self.init: dict[str, Any] | None = None  # the run this one started from (init=)
         self.optimizer = build_optimizer(self.params, t.optimizer)
         self.scheduler = build_scheduler(self.optimizer, t.schedule, t.iterations)
         self.generator = torch.Generator().manual_seed(run.seed)
@@ -155,6 +157,7 @@ class Trainer:
             "environment": environment(),
             "wandb_id": self.wandb_id,
             "history": list(self.history),
+            "init": self.init,
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
@@ -176,6 +179,7 @@ class Trainer:
                 log.info("the step randomness was drawn on %s: a new stream here", saved["type"])
         self.wandb_id = payload.get("wandb_id")
         self.history = list(payload.get("history", []))
+        self.init = payload.get("init")
 
     def _device_rng(self) -> dict[str, Any]:
         if self.step_generator is self.generator:
@@ -579,6 +583,14 @@ def train(
             ) from None
         trainer.saved_iteration = trainer.iteration
         log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
+    elif trainer.run.init is not None:
+        trainer.init = load_initial_weights(trainer.nca, trainer.run.init)
+        log.info(
+            "starting from the weights of %s (iteration %d), training %s",
+            trainer.init["path"],
+            trainer.init["iteration"],
+            trainer.run.trainer.trainable,
+        )
     for name in ("metrics.jsonl", "regen.jsonl"):  # rows written after the checkpoint
         _trim_rows(run_dir / name, trainer.iteration)
     write_text_atomic(
@@ -587,8 +599,9 @@ def train(
     if trainer.task.splits is not None:
         save_splits(run_dir / "splits.json", trainer.task.splits)
     log.info(
-        "task %s, %d parameters, grid %s, run folder %s",
+        "task %s, %d parameters (%d trained), grid %s, run folder %s",
         trainer.task.config.name,
+        sum(p.numel() for p in trainer.nca.parameters()),
         sum(p.numel() for p in trainer.params),
         tuple(trainer.task.fresh(1, torch.Generator())["state"].shape[-2:]),
         run_dir,
