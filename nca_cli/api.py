@@ -100,6 +100,20 @@ def evaluate_sets(
     return {**result, "out": str(out)}
 
 
+def export(run: Path, fmt: str = "onnx", out: Path | None = None, steps: int = 32) -> Any:
+    """Export a run (a run folder or a checkpoint file) in format ``fmt`` (``onnx``) to
+    ``out`` (default ``<run folder>/export/<fmt>``), checked against the PyTorch step;
+    returns what export.json records."""
+    from nca_cli.evaluation.runs import load_run
+    from nca_cli.export.onnx_graph import ExportError, export_onnx
+
+    if fmt != "onnx":
+        raise ExportError(f"unknown export format {fmt!r}; expected onnx")
+    checkpoint = _checkpoint(run)
+    loaded = load_run(checkpoint, ["device=cpu"])
+    return export_onnx(loaded, out or checkpoint.parent / "export" / fmt, steps)
+
+
 def _checkpoint(run: Path) -> Path:
     """The checkpoint of a run folder, or ``run`` itself when it is a checkpoint file."""
     from nca_cli.evaluation.runs import find_checkpoint

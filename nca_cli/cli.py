@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nca_cli.commands.reproduce",
         "published tables as commands: train, evaluate, and set ours beside the paper",
     ),
+    "export": (
+        "nca_cli.commands.export",
+        "a trained NCA as an ONNX graph, checked against the PyTorch step",
+    ),
     "bench": (
         "nca_cli.commands.bench",
         "time training and rollouts of named models; compare with the matmul limit",

@@ -1,0 +1,164 @@
+"""The NCA step as an ONNX graph, with the fire mask (and update noise, where the model has
+it) as inputs so that the graph is deterministic; and a rollout of K steps. Both are run
+with onnxruntime on the same states and masks as the PyTorch reference step, and kept only
+when they agree within float32 tolerance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nca_cli.atomic import write_text_atomic
+from nca_cli.engine.cascade import CascadeNCA
+from nca_cli.engine.nca import NCA
+from nca_cli.evaluation.runs import LoadedRun
+
+log = logging.getLogger(__name__)
+
+# Perceptions whose operators ONNX Runtime cannot run, and why.
+UNSUPPORTED = {
+    "deformable": "its torchvision deform_conv2d exports as DeformConv, which ONNX Runtime "
+    "does not run",
+}
+OPSET = 18
+STEP_TOLERANCE = 1e-4  # max abs difference of one step's states
+ROLLOUT_TOLERANCE = 1e-3  # of the K-step rollout's final states (float32 round-off grows)
+GROWN = 24  # steps grown from the seed for the states the check compares
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported in this format, or the export does not match PyTorch."""
+
+
+class StepGraph(nn.Module):
+    """``steps`` reference steps with the fire masks (``steps, B, 1, H, W``) and, where the
+    model adds update noise, the noise (``steps, B, C_updated, H, W``) as inputs."""
+
+    def __init__(self, nca: NCA, steps: int) -> None:
+        super().__init__()
+        self.nca, self.steps = nca, steps
+
+    def forward(self, state: Tensor, fire: Tensor, *noise: Tensor) -> Tensor:
+        for i in range(self.steps):
+            state = self.nca.reference_step(state, fire[i], noise[0][i] if noise else None)
+        return state
+
+
+@dataclass
+class OnnxExport:
+    """What ``export.json`` records: the files, their inputs and the check's figures."""
+
+    step: str
+    rollout: str
+    rollout_steps: int
+    state_shape: list[int]
+    inputs: dict[str, list[int]]
+    fire_rate: float
+    update_noise: float
+    max_abs_error_step: float
+    max_abs_error_rollout: float
+    opset: int
+    checkpoint: str
+    iteration: int
+
+
+def perception_kinds(perception: dict[str, Any]) -> list[str]:
+    """Every perception kind in a perception config (a multi perception's components too)."""
+    kinds = [str(perception.get("kind"))]
+    for part in perception.get("components") or []:
+        kinds += perception_kinds(part)
+    return kinds
+
+
+def check_exportable(loaded: LoadedRun) -> NCA:
+    """The run's NCA, or an ExportError naming what ONNX cannot take."""
+    if isinstance(loaded.nca, CascadeNCA):
+        raise ExportError(
+            "a multi-scale cascade (model.scales) is several NCAs: export one scale's run"
+        )
+    for kind in perception_kinds(loaded.config.get("perception", {})):
+        if kind in UNSUPPORTED:
+            raise ExportError(
+                f"perception {kind!r} cannot be exported to ONNX: {UNSUPPORTED[kind]}"
+            )
+    return loaded.nca
+
+
+def export_onnx(loaded: LoadedRun, out: Path, rollout_steps: int = 32, seed: int = 0) -> OnnxExport:
+    """Write ``step.onnx``, ``rollout_<K>.onnx`` and ``export.json`` to ``out`` for one
+    sample on the task's grid, once both graphs match the PyTorch step."""
+    import onnxruntime
+
+    if rollout_steps < 1:
+        raise ExportError(f"--steps must be >= 1, not {rollout_steps}")
+    nca = check_exportable(loaded).to("cpu").eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        seed_state = loaded.task.fresh(1, g)["state"].float()
+        state, _ = nca.rollout(seed_state, GROWN, g)  # a grown state, not just a seed
+    noise = nca.draw_noise(state, rollout_steps, g)
+    fire = noise.fire  # a fire rate of 1 fires every cell: the input stays, all ones
+    if fire is None:
+        fire = torch.ones((rollout_steps, 1, 1, *state.shape[-2:]))
+    extra = [noise.update] if noise.update is not None else []
+    names = ["state", "fire", *(["noise"] if extra else [])]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
+        errors = {}
+        for label, steps in (("step", 1), ("rollout", rollout_steps)):
+            inputs = (state, fire[:steps], *(e[:steps] for e in extra))
+            path = Path(tmp) / (f"rollout_{steps}.onnx" if label == "rollout" else "step.onnx")
+            torch.onnx.export(
+                StepGraph(nca, steps).eval(),
+                inputs,
+                str(path),
+                input_names=names,
+                output_names=["next_state"],
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,  # one self-contained file
+                verbose=False,
+            )
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0]
+            with torch.no_grad():
+                want = StepGraph(nca, steps)(*inputs).numpy()
+            errors[label] = float(abs(got - want).max())
+        if errors["step"] > STEP_TOLERANCE or errors["rollout"] > ROLLOUT_TOLERANCE:
+            raise ExportError(
+                f"the ONNX graphs differ from the PyTorch step: max abs error {errors['step']:.3g} "
+                f"after one step (tolerance {STEP_TOLERANCE}), {errors['rollout']:.3g} after "
+                f"{rollout_steps} (tolerance {ROLLOUT_TOLERANCE})"
+            )
+        report = OnnxExport(
+            step="step.onnx",
+            rollout=f"rollout_{rollout_steps}.onnx",
+            rollout_steps=rollout_steps,
+            state_shape=list(state.shape),
+            inputs={
+                "state": list(state.shape),
+                "fire": [rollout_steps, *fire.shape[1:]],
+                **({"noise": [rollout_steps, *extra[0].shape[1:]]} if extra else {}),
+            },
+            fire_rate=nca.fire_rate,
+            update_noise=nca.update_noise,
+            max_abs_error_step=errors["step"],
+            max_abs_error_rollout=errors["rollout"],
+            opset=OPSET,
+            checkpoint=str(loaded.path),
+            iteration=loaded.iteration,
+        )
+        write_text_atomic(Path(tmp) / "export.json", json.dumps(asdict(report), indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for item in Path(tmp).iterdir():
+            shutil.move(str(item), out / item.name)
+    log.info("ONNX export in %s: max abs error %.3g (step), %.3g (rollout)", out, *errors.values())
+    return report
