@@ -130,6 +130,7 @@ class Trainer:
         self.saved_iteration: int | None = None  # of the checkpoint on disk
         self.writer = CheckpointWriter()
         self.regen_seconds = 0.0  # spent in regeneration checks in this session
+        self.regen_ended: float | None = None  # when the last check ended
         self.regen_warned = False
         self.wandb_id: str | None = None
         self.history: list[float] = []
@@ -379,30 +380,32 @@ class Trainer:
         _x, states = self.nca.rollout(batch["state"], steps, self.step_generator, trajectory=True)
         return [upscale(self.task.render(s)[0], 4) for s in [batch["state"], *states]]
 
-    def regen_check(
-        self, logger: RunLogger, step: int, training: float | None = None
-    ) -> dict[str, float]:
+    def regen_check(self, logger: RunLogger, step: int) -> dict[str, float]:
         """The ``nca eval`` protocol on a few samples (``trainer.regen_check``), logged as
         ``regen/*`` and to regen.jsonl with its seconds; its own seeded generator leaves the
-        training's random stream alone. ``training``: the seconds this session has trained
-        so far, to warn (once) when the checks take more than 5% of them."""
+        training's random stream alone. Warns once when a check costs more than 5% of the
+        training since the previous one (the first, which loads LPIPS, is not judged)."""
         cfg = self.run.trainer.regen_check
         start = time.perf_counter()
         values = regeneration_check(self.task, self.nca, cfg, self.run.seed, self.device)
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
+        seconds = end - start
         self.regen_seconds += seconds
         logger.metrics({f"regen/{k}": v for k, v in values.items()}, step=step)
         with (self.run_dir / "regen.jsonl").open("a") as f:
             f.write(json.dumps({"iteration": step, **values, "seconds": seconds}) + "\n")
-        share = self.regen_seconds / max(training - self.regen_seconds, 1e-9) if training else 0
+        previous, self.regen_ended = self.regen_ended, end
+        share = seconds / max(start - previous, 1e-9) if previous is not None else 0.0
         if share > REGEN_SHARE and not self.regen_warned:
             self.regen_warned = True
             log.warning(
-                "the regeneration checks took %.0f%% of the training time so far (%.1f s each): "
-                "raise trainer.regen_check.every (now %d) or lower trainer.regen_check.samples",
-                100 * share,
+                "a regeneration check took %.1f s, %.0f%% of the training time since the "
+                "previous one: raise trainer.regen_check.every (now %d) or lower "
+                "trainer.regen_check.samples (now %d)",
                 seconds,
+                100 * share,
                 cfg.every,
+                cfg.samples,
             )
         return values
 
@@ -473,7 +476,7 @@ class Trainer:
                 if snapshot:
                     self.save_in_background(snapshot_name(i))
                 if checked:
-                    self.regen_check(logger, i, time.perf_counter() - start)
+                    self.regen_check(logger, i)
                 advance(figures["loss"])
                 if stopping:
                     raise Interrupted(
@@ -505,7 +508,7 @@ class Trainer:
         summary = {
             "iteration": self.iteration,
             "seconds": elapsed,
-            "regen_check_seconds": self.regen_seconds,
+            **({"regen_check_seconds": self.regen_seconds} if t.regen_check.enabled else {}),
             **metrics,
         }
         write_text_atomic(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")

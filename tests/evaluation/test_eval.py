@@ -122,6 +122,8 @@ def test_training_logs_the_regeneration_check(trained: dict[str, Any]) -> None:
     rows = [json.loads(r) for r in (trained["run"] / "regen.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [2, 4]
     assert rows[-1]["lpips_stage3"] == metrics["regen_lpips_stage3"]
+    assert all(r["seconds"] > 0 for r in rows)  # what the checks cost, beside the training
+    assert saved["regen_check_seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
     assert not any(
         k.startswith("regen") for k in json.loads((trained["plain"] / "metrics.json").read_text())
     )
