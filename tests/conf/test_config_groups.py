@@ -359,6 +359,7 @@ def test_layers_land_in_their_group_not_under_the_task() -> None:
             "device",
             "threads",
             "resume",
+            "init",
             "task",
             "model",
             "perception",
