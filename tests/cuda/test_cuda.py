@@ -74,10 +74,10 @@ def test_training_on_cuda_runs_and_resumes(tmp_path: Path) -> None:
 def test_training_iterations_between_reads_make_no_host_sync(tmp_path: Path) -> None:
     # The growing family with a pool and damage: sampling, renewal, damage masks, rollout,
     # loss, gradient treatment and the optimiser step all stay on the device.
-    config = api.compose(
-        [*SMOKE, "task=regenerating", "trainer.batch_size=8", "pool_size=16", "seed=0"]
-        + ["trainer.steps.min=9", "trainer.steps.max=9"]  # a block of 8 and one step: both
-    )  # compiled by the first step, outside the checked ones
+    regenerating = ["task=regenerating", "trainer.batch_size=8", "pool_size=16", "seed=0"]
+    # Rollouts of 9 steps, a block of 8 and one step: both compiled by the first step.
+    nine = ["trainer.steps.min=9", "trainer.steps.max=9"]
+    config = api.compose([*SMOKE, *regenerating, *nine])
     trainer = Trainer(config, tmp_path)
     trainer.read([trainer.train_step()])  # the first step compiles and fills the caches
     torch.cuda.synchronize()
