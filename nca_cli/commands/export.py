@@ -56,9 +56,9 @@ def main(argv: list[str]) -> None:
     except (ConfigError, EvalError, ExportError) as err:
         print(f"nca export: error: {err}", file=sys.stderr)
         sys.exit(2)
-    out = args.out or Path(report.checkpoint).parent / "export" / args.format
     print(
-        f"exported to {out}: {report.step} and {report.rollout} (state {report.state_shape}); "
-        f"onnxruntime against PyTorch: max abs error {report.max_abs_error_step:.3g} after one "
-        f"step, {report.max_abs_error_rollout:.3g} after {report.rollout_steps}"
+        f"exported to {report.folder}: {report.step} and {report.rollout} "
+        f"(state {report.state_shape}); onnxruntime against PyTorch: max abs error "
+        f"{report.max_abs_error_step:.3g} after one step, {report.max_abs_error_rollout:.3g} "
+        f"after {report.rollout_steps}"
     )

@@ -54,8 +54,10 @@ class StepGraph(nn.Module):
 
 @dataclass
 class OnnxExport:
-    """What ``export.json`` records: the files, their inputs and the check's figures."""
+    """What ``export.json`` records: the folder and files, their inputs and the check's
+    figures."""
 
+    folder: str
     step: str
     rollout: str
     rollout_steps: int
@@ -116,8 +118,9 @@ def export_onnx(loaded: LoadedRun, out: Path, rollout_steps: int = 32, seed: int
         for label, steps in (("step", 1), ("rollout", rollout_steps)):
             inputs = (state, fire[:steps], *(e[:steps] for e in extra))
             path = Path(tmp) / (f"rollout_{steps}.onnx" if label == "rollout" else "step.onnx")
+            graph = StepGraph(nca, steps).eval()
             torch.onnx.export(
-                StepGraph(nca, steps).eval(),
+                graph,
                 inputs,
                 str(path),
                 input_names=names,
@@ -130,7 +133,7 @@ def export_onnx(loaded: LoadedRun, out: Path, rollout_steps: int = 32, seed: int
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0]
             with torch.no_grad():
-                want = StepGraph(nca, steps)(*inputs).numpy()
+                want = graph(*inputs).numpy()
             errors[label] = float(abs(got - want).max())
         if errors["step"] > STEP_TOLERANCE or errors["rollout"] > ROLLOUT_TOLERANCE:
             raise ExportError(
@@ -139,6 +142,7 @@ def export_onnx(loaded: LoadedRun, out: Path, rollout_steps: int = 32, seed: int
                 f"{rollout_steps} (tolerance {ROLLOUT_TOLERANCE})"
             )
         report = OnnxExport(
+            folder=str(out),
             step="step.onnx",
             rollout=f"rollout_{rollout_steps}.onnx",
             rollout_steps=rollout_steps,

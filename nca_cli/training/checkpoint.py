@@ -51,14 +51,6 @@ def host_copy(value: Any) -> Any:
     return pinned.copy_(value.detach(), non_blocking=True)
 
 
-def _on_accelerator(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_on_accelerator(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_on_accelerator(v) for v in value)
-    return isinstance(value, torch.Tensor) and value.device.type == "cuda"
-
-
 class CheckpointWriter:
     """Writes checkpoints on a thread of its own, so training goes on while a file is
     serialised, synced and renamed into place. One write at a time, in order: the next one
@@ -73,7 +65,8 @@ class CheckpointWriter:
         background; ``done`` is called once the file is in place."""
         self.wait()
         copied = host_copy(payload)
-        landed = torch.cuda.Event() if _on_accelerator(payload) else None
+        # Copies from a GPU were queued on its stream: the write waits for this event.
+        landed = torch.cuda.Event() if torch.cuda.is_initialized() else None
         if landed is not None:
             landed.record()
 

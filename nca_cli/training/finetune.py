@@ -21,15 +21,13 @@ def trainable_names(model: nn.Module, trainable: str) -> list[str]:
     names = [name for name, _ in model.named_parameters()]
     if trainable == "all":
         return names
-    update = [n for n in names if _LAYER.match(n)]
+    layers = {n: (m[1], int(m[2])) for n in names if (m := _LAYER.match(n))}
     if trainable == "update":
-        return update
-    last: dict[str, int] = {}
-    for name in update:
-        match = _LAYER.match(name)
-        assert match is not None
-        last[match[1]] = max(last.get(match[1], 0), int(match[2]))
-    return [n for n in update if (m := _LAYER.match(n)) and int(m[2]) == last[m[1]]]
+        return list(layers)
+    last: dict[str, int] = {}  # the last layer's index of each update rule
+    for rule, index in layers.values():
+        last[rule] = max(last.get(rule, 0), index)
+    return [n for n, (rule, index) in layers.items() if index == last[rule]]
 
 
 def freeze(model: nn.Module, trainable: str) -> list[nn.Parameter]:
@@ -63,17 +61,12 @@ def load_initial_weights(model: nn.Module, source: str) -> dict[str, Any]:
     ours = model.state_dict()
     missing = [k for k in ours if k not in theirs]
     extra = [k for k in theirs if k not in ours]
-    if missing or extra:
+    unshared = [f"this run has {', '.join(missing)} and it does not"] if missing else []
+    unshared += [f"it has {', '.join(extra)} and this run does not"] if extra else []
+    if unshared:
         raise ConfigError(
             f"invalid value for 'init': the model of {path} does not fit this run's model: "
-            + "; ".join(
-                part
-                for part in (
-                    f"this run has {', '.join(missing)} and it does not" if missing else "",
-                    f"it has {', '.join(extra)} and this run does not" if extra else "",
-                )
-                if part
-            )
+            + "; ".join(unshared)
         )
     for key, tensor in ours.items():
         if tuple(theirs[key].shape) != tuple(tensor.shape):

@@ -37,7 +37,7 @@ def check_run_folder(run_dir: Path) -> None:
 def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], dict]:
     """The saved config of the run to resume, with ``key=value`` overrides applied."""
     from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from nca_cli.training.checks import check_config
+    from nca_cli.training.checks import check_config, override_keys
 
     run_dir = Path(str(cfg.resume))
     if not run_dir.is_dir():
@@ -48,7 +48,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any]
         for item in overrides
         if not item.lstrip("+~").startswith(("resume=", "hydra.", "hydra/"))
     ]
-    if any(item.startswith("init=") for item in wanted):
+    if any(key == "init" for key, _ in override_keys(wanted)):
         raise ConfigError(
             "invalid value for 'init': a resumed run continues from its own checkpoint; "
             "init= starts a new run from another run's weights (drop resume= or init=)"

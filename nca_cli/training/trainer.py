@@ -37,7 +37,6 @@ from nca_cli.training.checkpoint import (
     CheckpointError,
     CheckpointWriter,
     environment,
-    save_checkpoint,
 )
 from nca_cli.training.finetune import freeze, load_initial_weights
 from nca_cli.training.interrupts import Interrupted, stop_requests
@@ -188,12 +187,10 @@ class Trainer:
         return {"device": {"type": self.device.type, "state": self.step_generator.get_state()}}
 
     def save(self) -> Path:
-        """Write ``last.ckpt`` now (after any write in flight)."""
+        """Write ``last.ckpt`` now, and wait for it."""
+        self.save_in_background()
         self.writer.wait()
-        path = self.run_dir / CHECKPOINT_NAME
-        save_checkpoint(path, self.state_dict())
-        self.saved_iteration = self.iteration
-        return path
+        return self.run_dir / CHECKPOINT_NAME
 
     def save_in_background(self, name: str = CHECKPOINT_NAME) -> None:
         """Copy this iteration's checkpoint off the training's tensors and write it to
@@ -278,10 +275,10 @@ class Trainer:
             return {}
         last = results[-1]
         columns = [
-            torch.stack([r.loss.float() for r in results]),
-            torch.stack([r.grad_norm.float().to(r.loss.device) for r in results]),
+            torch.stack([r.loss for r in results]),
+            torch.stack([r.grad_norm.to(r.loss.device) for r in results]),
             torch.stack([r.loss.new_ones(()) if r.alive is None else r.alive for r in results]),
-            *(v.detach().float().reshape(1).expand(len(results)) for v in last.cotrained.values()),
+            *(v.detach().reshape(1).expand(len(results)) for v in last.cotrained.values()),
         ]
         values = torch.stack([c.float() for c in columns]).cpu().tolist()
         for n, result in enumerate(results):
