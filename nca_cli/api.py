@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from nca_cli.reproduction.reproduce import Outcome
 
 
+EXPORT_FORMATS = ("onnx", "c")
+
+
 def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The training config that ``nca train <overrides>`` runs (shortcuts such as
     ``fire_rate=`` allowed), checked: an override that the run would not read is an error."""
@@ -100,18 +103,35 @@ def evaluate_sets(
     return {**result, "out": str(out)}
 
 
-def export(run: Path, fmt: str = "onnx", out: Path | None = None, steps: int = 32) -> Any:
-    """Export a run (a run folder or a checkpoint file) in format ``fmt`` (``onnx``) to
-    ``out`` (default ``<run folder>/export/<fmt>``), checked against the PyTorch step;
-    returns what export.json records."""
+def export(
+    run: Path,
+    fmt: str = "onnx",
+    out: Path | None = None,
+    steps: int | None = None,
+    quantization: str = "float32",
+) -> Any:
+    """Export a run (a run folder or a checkpoint file) in format ``fmt`` (``onnx`` or
+    ``c``) to ``out`` (default ``<run folder>/export/<fmt>``), checked against the PyTorch
+    step over ``steps`` steps (default 32 for ONNX's rollout graph, 64 for C); returns what
+    export.json records."""
     from nca_cli.evaluation.runs import load_run
-    from nca_cli.export.onnx_graph import ExportError, export_onnx
+    from nca_cli.export.onnx_graph import ExportError
 
-    if fmt != "onnx":
-        raise ExportError(f"unknown export format {fmt!r}; expected onnx")
+    if fmt not in EXPORT_FORMATS:
+        formats = ", ".join(EXPORT_FORMATS)
+        raise ExportError(f"unknown export format {fmt!r}; expected one of {formats}")
+    if quantization != "float32" and fmt != "c":
+        raise ExportError(f"--quantize {quantization} applies to --format c only, not {fmt}")
     checkpoint = _checkpoint(run)
     loaded = load_run(checkpoint, ["device=cpu"])
-    return export_onnx(loaded, out or checkpoint.parent / "export" / fmt, steps)
+    folder = out or checkpoint.parent / "export" / fmt
+    if fmt == "c":
+        from nca_cli.export.c_source import export_c
+
+        return export_c(loaded, folder, steps or 64, quantization)
+    from nca_cli.export.onnx_graph import export_onnx
+
+    return export_onnx(loaded, folder, steps or 32)
 
 
 def _checkpoint(run: Path) -> Path:
