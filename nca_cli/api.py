@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from nca_cli.reproduction.reproduce import Outcome
 
 
-EXPORT_FORMATS = ("onnx", "c")
+EXPORT_FORMATS = ("onnx", "c", "web")
 
 
 def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -125,6 +125,10 @@ def export(
     checkpoint = _checkpoint(run)
     loaded = load_run(checkpoint, ["device=cpu"])
     folder = out or checkpoint.parent / "export" / fmt
+    if fmt == "web":
+        from nca_cli.export.web_page import export_web
+
+        return export_web(loaded, folder)
     if fmt == "c":
         from nca_cli.export.c_source import export_c
 
@@ -132,6 +136,23 @@ def export(
     from nca_cli.export.onnx_graph import export_onnx
 
     return export_onnx(loaded, folder, steps or 32)
+
+
+def view(
+    run: Path,
+    port: int = 0,
+    open_browser: bool = True,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Export a run to the web page in a temporary folder and serve it on 127.0.0.1 (a free
+    port unless ``port``) until interrupted; ``announce`` receives the address."""
+    import tempfile
+
+    from nca_cli.export.serve import serve_folder
+
+    with tempfile.TemporaryDirectory(prefix="nca-view-") as tmp:
+        export(run, "web", Path(tmp) / "web")
+        serve_folder(Path(tmp) / "web", port, open_browser, announce)
 
 
 def _checkpoint(run: Path) -> Path:

@@ -33,7 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": (
         "nca_cli.commands.export",
-        "a trained NCA as an ONNX graph, checked against the PyTorch step",
+        "a trained NCA as ONNX, C99 or a WebGL page, checked against the PyTorch step",
+    ),
+    "view": (
+        "nca_cli.commands.view",
+        "a trained NCA live in the browser: erase cells with the mouse, watch it regrow",
     ),
     "bench": (
         "nca_cli.commands.bench",

@@ -27,13 +27,21 @@ with the system's C compiler ($CC, else cc) and run for --steps steps (default 6
 the PyTorch step on the same states and fire masks; the max abs error is printed and
 recorded (with int8, against the PyTorch step with the same rounded weights, and the drift
 from the float model beside it). Perceptions that are not convolutions (attention,
-deformable) and models with update noise are refused by name."""
+deformable) and models with update noise are refused by name.
+
+--format web writes a self-contained page (index.html, nca.js, model.js with the weights; no
+network) that runs the NCA live on the GPU with WebGL2, opens from file:// or any static
+server, and lets the mouse erase cells, with a reset, a speed control, the steps per second
+and, for conditional tasks, a switch of the condition. Its fire mask is a hash of (seed,
+step, cell) that nca_cli.export.web_page.hash_fire reproduces, so its steps can be compared
+with PyTorch's (the tests do, in a headless Chromium). nca view serves it."""
 
 EPILOG = """\
 examples:
   nca export --run outputs/train/<run> --format onnx
   nca export --run outputs/train/<run>/iter_002000.ckpt --out lizard-onnx --steps 64
-  nca export --run outputs/train/<run> --format c --quantize int8"""
+  nca export --run outputs/train/<run> --format c --quantize int8
+  nca export --run outputs/train/<run> --format web --out lizard-page"""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,7 +53,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", type=Path, required=True, help="a run folder or a checkpoint file")
     p.add_argument(
-        "--format", default="onnx", choices=["onnx", "c"], help="what to write (default onnx)"
+        "--format",
+        default="onnx",
+        choices=["onnx", "c", "web"],
+        help="what to write (default onnx)",
     )
     p.add_argument(
         "--out", type=Path, help="the folder to write (default: <run folder>/export/<format>)"
@@ -84,6 +95,14 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     if args.format == "c":
         print(_c_summary(report))
+        return
+    if args.format == "web":
+        h, w, c = report.grid
+        print(
+            f"exported to {report.folder}: {', '.join(report.files)} (a {h}x{w} grid of {c} "
+            f"channels, {report.weight_bytes:,} bytes of weights); open index.html in a "
+            "browser, or: nca view --run " + str(args.run)
+        )
         return
     print(
         f"exported to {report.folder}: {report.step} and {report.rollout} "
