@@ -128,7 +128,7 @@ def export(
     if fmt == "web":
         from nca_cli.export.web_page import export_web
 
-        return export_web(loaded, folder)
+        return export_web(loaded, folder, title=str(run))
     if fmt == "c":
         from nca_cli.export.c_source import export_c
 
@@ -153,6 +153,29 @@ def view(
     with tempfile.TemporaryDirectory(prefix="nca-view-") as tmp:
         export(run, "web", Path(tmp) / "web")
         serve_folder(Path(tmp) / "web", port, open_browser, announce)
+
+
+def zoo(names: Sequence[str] = (), check: bool = False) -> list[dict[str, Any]]:
+    """The zoo's models (all, or ``names``) as rows; with ``check``, each with its golden
+    evaluation run now (``figure``, ``passed``)."""
+    from nca_cli.zoo import catalogue, zoo_checkpoint
+
+    models = catalogue()
+    for name in names:
+        zoo_checkpoint(f"zoo:{name}")  # an unknown name is an error that lists the zoo
+    rows = []
+    for name, model in models.items():
+        if names and name not in names:
+            continue
+        row: dict[str, Any] = {"model": model, "bytes": model.path.stat().st_size}
+        if check:
+            from nca_cli.evaluation.zoo import golden_figure
+
+            figure = golden_figure(model)
+            row["figure"] = figure
+            row["passed"] = abs(figure - model.golden.value) <= model.golden.tolerance
+        rows.append(row)
+    return rows
 
 
 def _checkpoint(run: Path) -> Path:

@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nca_cli.commands.view",
         "a trained NCA live in the browser: erase cells with the mouse, watch it regrow",
     ),
+    "zoo": (
+        "nca_cli.commands.zoo",
+        "trained models shipped with nca, their figures and golden checks (zoo:NAME)",
+    ),
     "bench": (
         "nca_cli.commands.bench",
         "time training and rollouts of named models; compare with the matmul limit",

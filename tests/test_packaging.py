@@ -85,6 +85,11 @@ def check_installed(venv: Path, site: Path, workdir: Path) -> None:
     assert (site / "nca_cli" / "reproduction" / "original" / "mnist_notebook.py").is_file()
     for source in SOURCES:  # the native operators compile from the installed package
         assert (site / "nca_cli" / "engine" / "native" / source.name).is_file()
+    # nca export copies its C and web templates; the zoo ships its checkpoints
+    for template in ("c/nca.c", "c/nca.h", "c/example.c", "web/index.html", "web/nca.js"):
+        assert (site / "nca_cli" / "export" / template).is_file(), template
+    assert (site / "nca_cli" / "zoo" / "zoo.json").is_file()
+    assert (site / "nca_cli" / "zoo" / "models" / "regenerating-lizard.ckpt").is_file()
     for generic in ("tasks", "conf", "sweeps", "tests"):
         assert not (site / generic).exists(), generic
     env = {**os.environ, "NCA_OUTPUT_DIR": "outputs"}
@@ -101,6 +106,10 @@ def check_installed(venv: Path, site: Path, workdir: Path) -> None:
         [str(venv / "bin" / "nca"), "--help"], cwd=workdir, capture_output=True, text=True
     )
     assert helped.returncode == 0 and "train" in helped.stdout
+    listed = subprocess.run(
+        [str(venv / "bin" / "nca"), "zoo"], cwd=workdir, capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and "zoo:regenerating-lizard" in listed.stdout, listed.stderr
     trained = subprocess.run(
         [str(venv / "bin" / "nca"), "train", "trainer=smoke", "logger=none"],
         cwd=workdir,

@@ -20,6 +20,7 @@ from nca_cli.training.build import build_run
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from nca_cli.training.checks import check_config, override_keys
 from nca_cli.training.schema import RunConfig
+from nca_cli.zoo import is_zoo_name, zoo_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,11 @@ def train_root() -> Path:
 
 def find_checkpoint(run: Path | None = None, checkpoint: Path | None = None) -> Path:
     """The checkpoint to evaluate: ``checkpoint``, the one in ``run``, or the most recent
-    run (by its timestamped folder name) under :func:`train_root` that has one."""
+    run (by its timestamped folder name) under :func:`train_root` that has one. Either
+    may be ``zoo:NAME``, a model of the zoo."""
+    for given in (checkpoint, run):
+        if given is not None and is_zoo_name(given):
+            return zoo_checkpoint(given)
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise EvalError(f"no checkpoint file at {checkpoint}")

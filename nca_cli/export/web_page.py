@@ -68,8 +68,9 @@ def _b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
 
 
-def export_web(loaded: LoadedRun, out: Path, seed: int = 0) -> WebExport:
-    """Write the page for one sample on the task's grid to ``out``."""
+def export_web(loaded: LoadedRun, out: Path, title: str = "", seed: int = 0) -> WebExport:
+    """Write the page for one sample on the task's grid to ``out``, headed ``title``
+    (default: the task and the checkpoint's folder)."""
     nca = loaded.nca
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -87,8 +88,9 @@ def export_web(loaded: LoadedRun, out: Path, seed: int = 0) -> WebExport:
     targets = getattr(loaded.task.dataset_config, "targets", None)
     names = [str(t) for t in targets] if layout.conditions and targets else []
     task_name = loaded.config.get("task", {}).get("name", "nca")
+    title = title or f"{task_name}, {loaded.path.parent.name}"
     description = {
-        "title": f"nca: {task_name}, {loaded.path.parent.name} (iteration {loaded.iteration})",
+        "title": f"nca: {title} (iteration {loaded.iteration})",
         "width": model.width,
         "height": model.height,
         "channels": model.channels,

@@ -293,26 +293,12 @@ def evaluate(
 
 
 def _task_figures(checkpoint: Path, ev: EvaluationSpec, samples: int | None) -> dict[str, Any]:
-    """The task's own evaluation of ``ev.split`` (``Task.evaluate``), grown for the run's
-    longest training rollout with a fixed seed."""
-    import torch
+    """The task's own evaluation of ``ev.split``, grown for the run's longest training
+    rollout with a fixed seed."""
+    from nca_cli.evaluation.task_figures import task_figures
 
-    from nca_cli.evaluation.runs import load_run
-    from nca_cli.tasks._cases import CaseTask
-
-    loaded = load_run(checkpoint, ev.overrides)
-    task, nca, device = loaded.task, loaded.nca, loaded.run.device
     limit = samples if samples is not None else ev.samples
-    if limit and isinstance(task, CaseTask):
-        task.eval_limit = limit
-    g = torch.Generator().manual_seed(0)
-
-    def rollout(state: torch.Tensor, steps: int) -> torch.Tensor:
-        return nca.rollout(state.to(device), steps, g)[0]
-
-    with torch.no_grad():
-        figures = task.evaluate(rollout, ev.split, ev.batch_size, loaded.run.trainer.steps.max)
-    return dict(figures)
+    return task_figures(checkpoint, ev.overrides, ev.split, ev.batch_size, limit)
 
 
 def _protocol_figures(checkpoint: Path, ev: EvaluationSpec, samples: int | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from torch import nn
 
 from nca_cli.config import ConfigError
 from nca_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from nca_cli.zoo import is_zoo_name, zoo_checkpoint
 
 _LAYER = re.compile(r"^(.*\bupdate\.layers\.)(\d+)\.")
 
@@ -39,14 +40,17 @@ def freeze(model: nn.Module, trainable: str) -> list[nn.Parameter]:
 
 
 def source_checkpoint(source: str) -> Path:
-    """The checkpoint that ``init=SOURCE`` names: a run folder's last.ckpt, or a file."""
+    """The checkpoint that ``init=SOURCE`` names: a run folder's last.ckpt, a file, or a
+    model of the zoo (``zoo:NAME``)."""
+    if is_zoo_name(source):
+        return zoo_checkpoint(source)
     path = Path(source)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise ConfigError(
             f"invalid value for 'init': {source!r} is neither a run folder holding "
-            f"{CHECKPOINT_NAME} nor a checkpoint file"
+            f"{CHECKPOINT_NAME}, a checkpoint file nor zoo:NAME"
         )
     return path
 

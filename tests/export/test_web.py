@@ -6,6 +6,7 @@ its port and stops on SIGINT."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import signal
 import subprocess
@@ -22,6 +23,10 @@ from nca_cli import api
 from nca_cli.evaluation.runs import LoadedRun, load_run
 from nca_cli.export.onnx_graph import ExportError
 from nca_cli.export.web_page import export_web, hash_fire
+from nca_cli.tasks.growing import rgba_to_rgb
+from nca_cli.zoo import catalogue
+
+MODELS = catalogue()
 
 SMOKE = ["trainer=smoke", "logger=none", "trainer.iterations=2"]
 STEPS = 16
@@ -142,3 +147,70 @@ def test_nca_view_answers_on_its_port_and_stops_on_sigint(tmp_path: Path) -> Non
         assert "stopped" in view.stdout.read()
     finally:
         view.kill()
+
+
+def canvas_cells(page: Any, height: int, width: int) -> np.ndarray:
+    """The canvas as the browser drew it (a PNG read back), one pixel at each cell's
+    centre: ``(H, W, 3)`` uint8."""
+    from PIL import Image
+
+    url = page.run("return document.getElementById('canvas').toDataURL('image/png')")
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    zoom = image.shape[0] // height
+    centres = np.arange(height) * zoom + zoom // 2, np.arange(width) * zoom + zoom // 2
+    return image[np.ix_(*centres)][..., :3]
+
+
+def rendered(state: torch.Tensor) -> np.ndarray:
+    """PyTorch's picture of a lizard state, as the page draws it (RGB over white)."""
+    rgb = rgba_to_rgb(state[:, :4])[0].permute(1, 2, 0).numpy()
+    return np.rint(rgb * 255).astype(np.int16)
+
+
+def test_the_lizard_grows_on_the_canvas_is_erased_by_a_drag_and_regrows(
+    page: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    report = api.export(Path("zoo:regenerating-lizard"), "web", tmp_path / "web")
+    h, w, c = report.grid
+    loaded = load_run(MODELS["regenerating-lizard"].path, ["device=cpu"])
+    nca = loaded.nca.eval()
+    page.open(tmp_path / "web", "paused&seed=0")
+    grown, regrown = 96, 96
+    page.run(f"nca.step({grown})")
+    state = loaded.task.fresh(1, torch.Generator().manual_seed(0))["state"].float()
+    fire = hash_fire(0, grown + regrown, h, w, nca.fire_rate)
+    with torch.no_grad():
+        for i in range(grown):
+            state = nca.reference_step(state, fire[i])
+    before = canvas_cells(page, h, w).astype(np.int16)
+    assert np.abs(before - rendered(state)).max() <= 2  # the page draws PyTorch's lizard
+    assert (before.sum(-1) < 3 * 200).sum() > 300  # and it is a lizard, not a blank grid
+
+    # A drag across the lizard with the default brush (6 cells) erases a band.
+    canvas = page.driver.find_element(By.ID, "canvas")
+    zoom = canvas.size["height"] / h
+    actions = ActionChains(page.driver)
+    actions.move_to_element_with_offset(canvas, int(-6 * zoom), 0).click_and_hold()
+    actions.move_by_offset(int(12 * zoom), 0).release().perform()
+    erased = page.state(h, w, c)
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    band = (np.abs(yy - h / 2) < 5) & (np.abs(xx - w / 2) < 5)
+    assert (erased[band] == 0).all()
+    damaged = canvas_cells(page, h, w).astype(np.int16)
+    assert np.abs(damaged - before).mean() > 2  # the hole shows
+
+    # It regrows, step for step as PyTorch regrows the same damaged state, close to where
+    # the undamaged lizard would be by then.
+    page.run(f"nca.step({regrown})")
+    after = canvas_cells(page, h, w).astype(np.int16)
+    regrowing = torch.from_numpy(erased.copy()).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        for i in range(grown, grown + regrown):
+            regrowing = nca.reference_step(regrowing, fire[i])
+            state = nca.reference_step(state, fire[i])
+    assert np.abs(after - rendered(regrowing)).max() <= 2
+    undamaged = rendered(state)
+    assert np.abs(after - undamaged).mean() < 0.3 * np.abs(damaged - before).mean()

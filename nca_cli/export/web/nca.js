@@ -188,8 +188,12 @@
   }
 
   function editShader() {
-    let src = HEADER + samplers('u_s') + 'uniform vec2 u_center;\nuniform float u_radius;\nuniform int u_condition;\n' + outputs;
-    src += 'void main() {\n  ivec2 p = ivec2(gl_FragCoord.xy);\n  bool erased = u_radius > 0.0 && distance(vec2(p) + 0.5, u_center) < u_radius;\n';
+    // Erases the cells within u_radius of the segment u_from-u_to (a brush stroke).
+    let src = HEADER + samplers('u_s') +
+      'uniform vec2 u_from;\nuniform vec2 u_to;\nuniform float u_radius;\nuniform int u_condition;\n' + outputs;
+    src += 'void main() {\n  ivec2 p = ivec2(gl_FragCoord.xy);\n  vec2 c = vec2(p) + 0.5, d = u_to - u_from;\n' +
+      '  float t = dot(d, d) > 0.0 ? clamp(dot(c - u_from, d) / dot(d, d), 0.0, 1.0) : 0.0;\n' +
+      '  bool erased = u_radius > 0.0 && distance(c, u_from + t * d) < u_radius;\n';
     range(T).forEach((t) => {
       src += `  { vec4 v = texelFetch(u_s${t}, p, 0);\n`;
       range(4).forEach((i) => {
@@ -309,9 +313,10 @@
     steps += 1;
   }
 
-  function edit(center, radius, condition) {
+  function edit(from, to, radius, condition) {
     pass(programs.edit, other, { u_s: current }, {
-      u_center: ['uniform2f', center[0], center[1]],
+      u_from: ['uniform2f', from[0], from[1]],
+      u_to: ['uniform2f', to[0], to[1]],
       u_radius: ['uniform1f', radius],
       u_condition: ['uniform1i', condition],
     });
@@ -353,7 +358,7 @@
     M.seed.index.forEach((at, i) => { state[at] = M.seed.value[i]; });
     upload(state);
     steps = 0;
-    if (M.conditions > 0) edit([0, 0], 0, condition);
+    if (M.conditions > 0) edit([0, 0], [0, 0], 0, condition);
     render();
   }
 
@@ -372,19 +377,23 @@
     const select = document.getElementById('condition');
     M.condition_names.forEach((name, i) => select.add(new Option(name, String(i))));
     document.getElementById('condition-label').hidden = false;
-    select.onchange = () => { condition = Number(select.value); edit([0, 0], 0, condition); render(); };
+    select.onchange = () => { condition = Number(select.value); edit([0, 0], [0, 0], 0, condition); render(); };
   }
 
-  let erasing = false;
-  function eraseAt(event) {
+  let stroke = null; // the last point of the drag, in cells
+  function cellOf(event) {
     const box = canvas.getBoundingClientRect();
-    const x = ((event.clientX - box.left) / box.width) * W, y = ((event.clientY - box.top) / box.height) * H;
-    edit([x, y], Number(brush.value), -1);
+    return [((event.clientX - box.left) / box.width) * W, ((event.clientY - box.top) / box.height) * H];
+  }
+  function eraseTo(event) {
+    const at = cellOf(event);
+    edit(stroke || at, at, Number(brush.value), -1);
+    stroke = at;
     render();
   }
-  canvas.addEventListener('pointerdown', (e) => { erasing = true; canvas.setPointerCapture(e.pointerId); eraseAt(e); });
-  canvas.addEventListener('pointermove', (e) => { if (erasing) eraseAt(e); });
-  canvas.addEventListener('pointerup', () => { erasing = false; });
+  canvas.addEventListener('pointerdown', (e) => { canvas.setPointerCapture(e.pointerId); stroke = null; eraseTo(e); });
+  canvas.addEventListener('pointermove', (e) => { if (stroke) eraseTo(e); });
+  canvas.addEventListener('pointerup', () => { stroke = null; });
 
   let shown = 0, since = performance.now(), rate = 0;
   function frame(now) {
@@ -414,8 +423,9 @@
     play() { running = true; showRunning(); },
     step(n = 1) { for (let i = 0; i < n; i++) stepOnce(); render(); return steps; },
     reset,
-    erase(x, y, radius) { edit([x, y], radius, -1); render(); },
-    setCondition(k) { condition = k; edit([0, 0], 0, k); render(); },
+    // Erase the cells within `radius` of (x, y), or of the segment to (x2, y2).
+    erase(x, y, radius, x2 = x, y2 = y) { edit([x, y], [x2, y2], radius, -1); render(); },
+    setCondition(k) { condition = k; edit([0, 0], [0, 0], 0, k); render(); },
     readState: () => base64(readState()),
     // A state (float32 little-endian, channels last, base64) in place of the current one.
     setState(text) { upload(floats(text)); render(); },
