@@ -122,9 +122,11 @@ def export(
         raise ExportError(f"unknown export format {fmt!r}; expected one of {formats}")
     if quantization != "float32" and fmt != "c":
         raise ExportError(f"--quantize {quantization} applies to --format c only, not {fmt}")
+    from nca_cli.zoo import results_folder
+
     checkpoint = _checkpoint(run)
     loaded = load_run(checkpoint, ["device=cpu"])
-    folder = out or checkpoint.parent / "export" / fmt
+    folder = out or results_folder(checkpoint) / "export" / fmt
     if fmt == "web":
         from nca_cli.export.web_page import export_web
 

@@ -20,6 +20,7 @@ from nca_cli.measures.protocol import (
     run_protocol,
 )
 from nca_cli.paths import timestamp
+from nca_cli.zoo import results_folder
 
 # The DamageConfig fields each kind reads.
 DAMAGE_FIELDS = {
@@ -136,7 +137,7 @@ def evaluate(
     loaded = load_run(checkpoint, overrides)
     result = run_protocol(loaded.task, loaded.nca, cfg, loaded.run.device)
     stamp = timestamp()
-    out = checkpoint.parent / "eval" / stamp
+    out = results_folder(checkpoint) / "eval" / stamp
     out.mkdir(parents=True)
     summary = build_summary(loaded, cfg, result, overrides)
     summary["seconds"] = time.perf_counter() - start

@@ -20,6 +20,7 @@ from nca_cli.images import save_png, to_uint8, upscale
 from nca_cli.measures import EvalError
 from nca_cli.measures.metrics import image_metrics, summary
 from nca_cli.paths import timestamp
+from nca_cli.zoo import results_folder
 
 # The metrics of sets with a ground truth (RGB over white, as `nca eval` names them).
 METRICS = ("lpips", "image_mse")
@@ -246,7 +247,7 @@ def evaluate_sets(
         },
     }
     stamp = timestamp()
-    out = runs[0].path.parent / "eval" / stamp
+    out = results_folder(runs[0].path) / "eval" / stamp
     out.mkdir(parents=True)
     grid = grid_image(
         names,

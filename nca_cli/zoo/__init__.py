@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nca_cli.errors import ConfigError
+from nca_cli.paths import output_root
 
 PREFIX = "zoo:"
 CATALOGUE = "zoo.json"
@@ -82,3 +83,11 @@ def zoo_checkpoint(source: str | Path) -> Path:
         known = ", ".join(PREFIX + n for n in models) or "none"
         raise ConfigError(f"no zoo model {name!r} (given {source!r}); the zoo has: {known}")
     return models[name].path
+
+
+def results_folder(checkpoint: Path) -> Path:
+    """Where evaluations and exports of a checkpoint go: beside it, in its run folder; for
+    a zoo model (which lives in the installed package), ``<outputs>/zoo/<name>``."""
+    if checkpoint.resolve().parent == models_folder().resolve():
+        return output_root() / "zoo" / checkpoint.stem
+    return checkpoint.parent

@@ -15,8 +15,9 @@ import torch
 from nca_cli import api
 from nca_cli.config import ConfigError
 from nca_cli.evaluation.zoo import KEPT, MAX_BYTES, golden_figure
+from nca_cli.paths import output_root
 from nca_cli.training.checkpoint import load_checkpoint
-from nca_cli.zoo import catalogue
+from nca_cli.zoo import catalogue, models_folder
 
 MODELS = catalogue()
 REQUIRED = {"growing-lizard", "persistent-lizard", "regenerating-lizard", "mnist"}
@@ -87,6 +88,12 @@ def test_nca_zoo_lists_and_checks(tmp_path: Path) -> None:
 def test_zoo_names_are_runs_everywhere(tmp_path: Path) -> None:
     report = api.export(Path("zoo:regenerating-lizard"), "c", tmp_path / "c", steps=4)
     assert report.max_abs_error is not None and report.grid == [72, 72, 16]
+    # What is made of a zoo model goes to the outputs, never into the installed package.
+    page = api.export(Path("zoo:growing-lizard"), "web")
+    assert Path(page.folder) == output_root() / "zoo" / "growing-lizard" / "export" / "web"
+    assert sorted(p.name for p in models_folder().iterdir()) == sorted(
+        m.file for m in MODELS.values()
+    )
     with pytest.raises(ConfigError, match="no zoo model 'dragon'"):
         api.export(Path("zoo:dragon"), "c", tmp_path / "none")
     # Fine-tuning from the zoo: the run starts from the lizard's weights.
