@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from nca_cli.compute import placed_device
 from nca_cli.config import ConfigError
-from nca_cli.sweeping.study import creation_lock, objective_value, open_storage, storage_url
+from nca_cli.sweeping.retry import failed_attempts, same_run, take_over
+from nca_cli.sweeping.study import creation_lock, objective_value, storage_url
 
 if TYPE_CHECKING:
     import optuna
@@ -38,8 +39,6 @@ log = logging.getLogger("nca.sweep")
 
 SPLITS_DIR = "splits"  # in the sweep folder
 STUDY_ATTR = "cv"  # the study's user attribute holding k, the folds and the test split
-# Keys of a fold's config that may differ between two attempts of the same fold.
-RUN_ONLY = ("threads", "logger.group")
 
 
 # -- the study: one split for every trial ---------------------------------------------------
@@ -251,58 +250,13 @@ def run_fold(config: dict[str, Any], fold_dir: Path) -> dict[str, float]:
 def take_over_folds(run_dir: Path, configs: list[dict[str, Any]], plan: FoldPlan) -> None:
     """Move into ``run_dir`` the finished or interrupted folds of earlier failed trials with
     the same parameters (a killed sweep's trial, retried), when their configs match."""
-    import optuna
-    from optuna.trial import TrialState
-
     missing = [i for i in range(plan.k) if not (run_dir / f"fold_{i}").exists()]
     if not missing:
         return
-    storage = open_storage(plan.storage)
-    study = optuna.load_study(
-        study_name=plan.study_name, storage=storage, sampler=optuna.samplers.RandomSampler()
-    )
-    trials = study.get_trials(deepcopy=False)
-    params = next(t.params for t in trials if t.number == plan.trial)
-    earlier = sorted(
-        (t.number for t in trials if t.state == TrialState.FAIL and t.params == params),
-        reverse=True,  # the latest attempt first
-    )
+    earlier = failed_attempts(plan.storage, plan.study_name, plan.trial)
     for i in missing:
         for number in earlier:
             source = plan.sweep_dir / str(number) / f"fold_{i}"
-            if not _same_fold(source, configs[i]):
-                continue
-            target = run_dir / f"fold_{i}"
-            try:
-                os.rename(source, target)
-            except OSError:  # another retry took it first
-                continue
-            (source.parent / f"fold_{i}.moved").write_text(f"{target.resolve()}\n")
-            log.info("fold %d: taken over from failed trial %d", i, number)
-            break
-
-
-def _same_fold(folder: Path, config: dict[str, Any]) -> bool:
-    """Whether ``folder`` holds a started run of ``config`` (run-only keys aside)."""
-    import yaml
-
-    started = (folder / "metrics.json").is_file() or (folder / "last.ckpt").is_file()
-    if not started or not (folder / "config.yaml").is_file():
-        return False
-    try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return _comparable(saved) == _comparable(config)
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(config)
-    for dotted in RUN_ONLY:
-        *parents, key = dotted.split(".")
-        node = out
-        for parent in parents:
-            node = node.get(parent) or {}
-        if isinstance(node, dict):
-            node.pop(key, None)
-    return out
+            if same_run(source, configs[i]) and take_over(source, run_dir / f"fold_{i}"):
+                log.info("fold %d: taken over from failed trial %d", i, number)
+                break

@@ -470,10 +470,26 @@ class OptunaSweeper(Sweeper):
             study.tell(trial, state=TrialState.PRUNED)
             print(f"[trial {trial.number}] pruned: {value}")
             return "pruned"
+        if isinstance(value, Interrupted) and not self._in_process():
+            # SIGTERM reached a trial's own job: cancelled, over its time limit, preempted
+            stopped = str(value).split(" Resume with")[0].rstrip(".")
+            self._fail(
+                study,
+                trial,
+                f"its job was stopped by SIGTERM (scancel, its time limit or preemption): "
+                f"{stopped}; running the study again continues it",
+            )
+            return "failed"
         self._fail(study, trial, f"{type(value).__name__}: {value}")
         if isinstance(value, Interrupted):  # Ctrl-C inside an in-process trial
             raise KeyboardInterrupt
         return "failed"
+
+    def _in_process(self) -> bool:
+        """Whether trials run in this process (Hydra's basic launcher), where a trial's
+        Ctrl-C is the sweep's own."""
+        assert self.config is not None
+        return str(self.config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
 
     def _fail(self, study: optuna.Study, trial: optuna.Trial, error: str) -> None:
         from optuna.trial import TrialState

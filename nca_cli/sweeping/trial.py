@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nca_cli.atomic import write_text_atomic
 from nca_cli.compute import placed_device
+from nca_cli.sweeping.retry import take_over_run
 from nca_cli.sweeping.study import make_pruner, open_storage, storage_url
+from nca_cli.training.run_folder import train_in_folder
 
 Report = Callable[[int, dict[str, float]], None]
 Evaluate = Callable[..., Mapping[str, float]]  # (config, run_dir, report=...) -> metrics
@@ -31,8 +33,6 @@ def run_trial(cfg: DictConfig, evaluate: Evaluate | None = None) -> dict[str, fl
     raised again for the sweeper to record."""
     from nca_cli.masking import hide_secrets
 
-    if evaluate is None:
-        from nca_cli.training.trainer import train as evaluate
     hide_secrets()  # a storage URL's password must not stay in the trial's saved files
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -41,10 +41,24 @@ def run_trial(cfg: DictConfig, evaluate: Evaluate | None = None) -> dict[str, fl
     config["device"] = placed_device(config["device"], hydra_cfg.job.num)  # round-robin
     try:
         report = study_reporter(hydra_cfg)
-        return dict(evaluate(config, run_dir, report=report))
+        if evaluate is not None:
+            return dict(evaluate(config, run_dir, report=report))
+        continue_failed_attempt(hydra_cfg, run_dir, config)
+        return dict(train_in_folder(config, run_dir, report=report))
     except Exception:
         write_text_atomic(run_dir / "error.txt", traceback.format_exc())
         raise
+
+
+def continue_failed_attempt(hydra_cfg: Any, run_dir: Path, config: dict[str, Any]) -> None:
+    """In a sweep, a trial that retries a failed point takes over its run (see
+    :mod:`nca_cli.sweeping.retry`)."""
+    sweeper = hydra_cfg.get("sweeper")
+    if sweeper is None or sweeper.get("trial") is None:
+        return
+    sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    storage = storage_url(sweeper.storage, sweep_dir)
+    take_over_run(run_dir, config, sweep_dir, storage, str(sweeper.study_name), int(sweeper.trial))
 
 
 def study_reporter(hydra_cfg: Any) -> Report | None:

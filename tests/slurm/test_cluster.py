@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 SMOKE = ["trainer=smoke", "logger=none", "dataset.padding=4"]
@@ -77,3 +78,57 @@ def test_a_sweep_runs_its_trials_as_slurm_jobs(slurm_cluster, tmp_path: Path) ->
     jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
     assert len(jobs) == 2 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
     print(f"sweep of 2 trials as SLURM jobs: {seconds:.0f} s")
+
+
+def test_a_cancelled_trial_fails_with_its_reason_and_is_resumed_when_retried(
+    slurm_cluster, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**slurm_cluster.env, "NCA_OUTPUT_DIR": str(tmp_path / "outputs")}
+    command = [
+        sys.executable,
+        "-m",
+        "nca_cli",
+        "sweep",
+        "fire_rate=0.3,0.5",
+        "study=faults",
+        "n_jobs=2",
+        *SMOKE,
+        "trainer.iterations=400",
+        "trainer.checkpoint_every=20",
+        *launcher(slurm_cluster),
+    ]
+    folder = tmp_path / "outputs" / "sweep" / "faults"
+    sweep = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 240
+    while not (folder / "0" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert (folder / "0" / "last.ckpt").is_file(), "trial 0 wrote no checkpoint"
+    running = slurm_cluster.run("squeue", "-h", "-o", "%i %T").split("\n")
+    array = next(w[0] for w in (line.split() for line in running) if w and w[0].endswith("_0"))
+    slurm_cluster.run("scancel", array)
+    out, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 1, out  # a trial failed; the sweep went on and finished
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    study = optuna.load_study(study_name="faults", storage=storage)
+    states = {t.number: t.state for t in study.trials}
+    assert states == {0: TrialState.FAIL, 1: TrialState.COMPLETE}, out
+    error = study.trials[0].user_attrs["error"]
+    assert "stopped by SIGTERM" in error, error
+    stopped_at = torch.load(folder / "0" / "last.ckpt", weights_only=True)["iteration"]
+    accounting = slurm_cluster.accounting()
+    assert accounting[array]["state"].startswith("CANCELLED"), accounting
+
+    # Run again: the failed point is retried, continuing the cancelled run.
+    again = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    study = optuna.load_study(study_name="faults", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, *[TrialState.COMPLETE] * 2]
+    retry = folder / "2"
+    assert (folder / "0.moved").read_text().strip() == str(retry.resolve())
+    log = (retry / "train.log").read_text()
+    assert f"from iteration {stopped_at}" in log, log[-2000:]
+    print(f"cancelled job {array}: {accounting[array]}; trial 0: {error}")
