@@ -23,6 +23,8 @@ import pytest
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sacct")
 PARTITION = "nca"
 CLUSTER = "ncatest"
+ACCOUNT = "nca-test"
+GPUS = 2  # declared, not real: jobs may ask for GPUs as on a cluster (they train on the CPU)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Cluster:
     root: Path
     env: dict[str, str]
     partition: str
+    account: str
     node: str
     start_seconds: float
 
@@ -144,6 +147,12 @@ def slurm_cluster() -> Iterator[Cluster]:
             f"StoragePort={ports['mysql']}\nStorageLoc=slurm_acct_db\nStorageUser=root\n"
         )
         (root / "slurmdbd.conf").chmod(0o600)
+        for i in range(GPUS):  # stand-ins for /dev/nvidia<i>: nothing binds devices here
+            (root / f"gpu{i}").touch()
+        devices = f"{root}/gpu[0-{GPUS - 1}]"
+        (root / "gres.conf").write_text(
+            f"AutoDetect=off\nNodeName={node} Name=gpu File={devices}\n"
+        )
         (root / "slurm.conf").write_text(
             "\n".join(
                 [
@@ -176,6 +185,7 @@ def slurm_cluster() -> Iterator[Cluster]:
                     f"AccountingStoragePort={ports['dbd']}",
                     f"AccountingStoragePass={munge}",  # the munge socket, for slurmdbd
                     "JobCompType=jobcomp/none",
+                    "GresTypes=gpu",
                     "MinJobAge=600",
                     "KillWait=5",
                     # Time limits are whole minutes: slurmctld checks them every 5 s here.
@@ -183,14 +193,14 @@ def slurm_cluster() -> Iterator[Cluster]:
                     "MessageTimeout=20",
                     "SchedulerParameters=sched_interval=2",
                     f"NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} "
-                    "RealMemory=4096 State=UNKNOWN",
+                    f"RealMemory=4096 Gres=gpu:{GPUS} State=UNKNOWN",
                     f"PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP",
                     "",
                 ]
             )
         )
         subprocess.run(["slurmdbd"], env=env, check=True)
-        cluster = Cluster(root, env, PARTITION, node, 0.0)
+        cluster = Cluster(root, env, PARTITION, ACCOUNT, node, 0.0)
 
         def dbd_up() -> bool:
             out = subprocess.run(
@@ -202,6 +212,10 @@ def slurm_cluster() -> Iterator[Cluster]:
             return out.returncode == 0 or "already exists" in out.stdout + out.stderr
 
         _wait(dbd_up, "slurmdbd", log / "slurmdbd.log")
+        for add in (["account", ACCOUNT], ["user", "root", f"account={ACCOUNT}"]):
+            subprocess.run(
+                ["sacctmgr", "-i", "add", *add], env=env, check=True, capture_output=True
+            )
         subprocess.run(["slurmctld", "-i"], env=env, check=True)
         subprocess.run(["slurmd"], env=env, check=True)
 

@@ -4,6 +4,7 @@ Hydra's submitit launcher as a user would, with the preset ``hydra/launcher=slur
 from __future__ import annotations
 
 import csv
+import shlex
 import subprocess
 import sys
 import time
@@ -132,3 +133,58 @@ def test_a_cancelled_trial_fails_with_its_reason_and_is_resumed_when_retried(
     log = (retry / "train.log").read_text()
     assert f"from iteration {stopped_at}" in log, log[-2000:]
     print(f"cancelled job {array}: {accounting[array]}; trial 0: {error}")
+
+
+def readme_command() -> tuple[str, list[str]]:
+    """The README's cluster command: its storage URL and the ``nca sweep`` arguments."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    block = text.split("<!-- cluster-command", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").strip().splitlines()
+    storage = lines[0].split("=", 1)[1].strip("'")
+    return storage, shlex.split(lines[1])
+
+
+def test_the_readme_cluster_command_runs_on_the_test_cluster(
+    slurm_cluster, postgres: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    storage, args = readme_command()
+    assert storage.startswith("postgresql+psycopg://") and args[:2] == ["nca", "sweep"]
+    # The site's values; a small search on this 2-CPU node without a GPU for PyTorch.
+    site = {
+        "hydra.launcher.partition": slurm_cluster.partition,
+        "hydra.launcher.account": slurm_cluster.account,
+        "hydra.launcher.setup": f"[source {sys.prefix}/bin/activate]",
+        "n_trials": "2",
+        "n_jobs": "2",
+        "device": "cpu",
+        "hydra.launcher.cpus_per_task": "1",
+        "hydra.launcher.mem_gb": "1",
+    }
+    given = {a.split("=", 1)[0]: a for a in args[2:]}
+    assert set(site) <= set(given), sorted(given)  # the README still sets each of them
+    argv = [f"{k}={site[k]}" if k in site else a for k, a in given.items()]
+    env = {**slurm_cluster.env, "NCA_OPTUNA_STORAGE": postgres, "NCA_OUTPUT_DIR": str(tmp_path)}
+    before = set(slurm_cluster.accounting())
+    out = subprocess.run(
+        [sys.executable, "-m", "nca_cli", "sweep", *argv, *SMOKE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    study = optuna.load_study(study_name="lr-cluster", storage=postgres)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    assert len(jobs) == 2 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
+    scripts = list((tmp_path / "sweep" / "lr-cluster" / ".submitit").rglob("*_submission.sh"))
+    script = scripts[0].read_text()
+    for line in (
+        f"#SBATCH --account={slurm_cluster.account}",
+        "#SBATCH --gpus-per-node=1",
+        f"#SBATCH --partition={slurm_cluster.partition}",
+        "#SBATCH --time=240",
+        f"source {sys.prefix}/bin/activate",
+    ):
+        assert line in script, script
