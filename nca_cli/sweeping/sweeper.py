@@ -429,12 +429,14 @@ class OptunaSweeper(Sweeper):
         ids = [
             storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t, _ in batch
         ]
+        submitted = self._cluster_jobs()
         try:
             with _heartbeats(storage, ids, self.heartbeat):
                 results = list(
                     self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
                 )
         except KeyboardInterrupt:
+            self._cancel(self._cluster_jobs() - submitted)
             for trial, _ in batch:
                 self._fail(study, trial, "interrupted (Ctrl-C)")
             raise
@@ -446,6 +448,30 @@ class OptunaSweeper(Sweeper):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             self.job_idx += len(batch)
         return results
+
+    def _cluster_jobs(self) -> set[str]:
+        """The SLURM jobs this sweep folder has submitted (submitit's job folders), or none
+        for a launcher that is not SLURM's."""
+        assert self.config is not None
+        if not str(self.config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+            return set()
+        folder = Path(str(self.config.hydra.launcher.submitit_folder)).parent
+        return {p.name.split("_")[0] for p in folder.glob("*") if p.name[:1].isdigit()}
+
+    @staticmethod
+    def _cancel(jobs: set[str]) -> None:
+        """Cancel this launch's queued and running SLURM jobs (on Ctrl-C), saying which."""
+        import subprocess
+
+        if not jobs:
+            return
+        listed = " ".join(sorted(jobs))
+        try:
+            subprocess.run(["scancel", *sorted(jobs)], check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as err:
+            print(f"nca sweep: could not cancel SLURM jobs {listed}: {err}", file=sys.stderr)
+            return
+        print(f"nca sweep: cancelled SLURM jobs {listed} (queued and running)", file=sys.stderr)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
         """Record how a trial ended: complete, pruned or failed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -188,3 +189,48 @@ def test_the_readme_cluster_command_runs_on_the_test_cluster(
         f"source {sys.prefix}/bin/activate",
     ):
         assert line in script, script
+
+
+def test_ctrl_c_cancels_the_sweeps_jobs_and_keeps_the_study_consistent(
+    slurm_cluster, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**slurm_cluster.env, "NCA_OUTPUT_DIR": str(tmp_path / "outputs")}
+    before = set(slurm_cluster.accounting())
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nca_cli",
+            "sweep",
+            "fire_rate=0.3,0.5",
+            "study=interrupted",
+            "n_jobs=2",
+            *SMOKE,
+            "trainer.iterations=100000",
+            *launcher(slurm_cluster),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    running: list[str] = []
+    while len(running) < 2 and time.monotonic() < deadline:
+        running = slurm_cluster.run("squeue", "-h", "-t", "RUNNING", "-o", "%i").split()
+        time.sleep(0.5)
+    assert len(running) == 2, slurm_cluster.run("squeue")
+    sweep.send_signal(signal.SIGINT)
+    out, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, out
+    assert "cancelled SLURM jobs" in out and "resume with" in out, out
+    deadline = time.monotonic() + 60
+    while slurm_cluster.run("squeue", "-h", "-o", "%i").split() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    assert jobs and all(v["state"].startswith("CANCELLED") for v in jobs.values()), jobs
+    folder = tmp_path / "outputs" / "sweep" / "interrupted"
+    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    assert {t.user_attrs["error"] for t in study.trials} == {"interrupted (Ctrl-C)"}
