@@ -506,6 +506,17 @@ class OptunaSweeper(Sweeper):
                 f"{stopped}; running the study again continues it",
             )
             return "failed"
+        if type(value).__name__ == "UncompletedJobError" and "timed-out" in str(value):
+            assert self.config is not None
+            limit = self.config.hydra.launcher.get("timeout_min")
+            self._fail(
+                study,
+                trial,
+                f"its job reached its time limit (hydra.launcher.timeout_min={limit}; "
+                f"submitit: {value}); running the study again continues it from its last "
+                "checkpoint",
+            )
+            return "failed"
         self._fail(study, trial, f"{type(value).__name__}: {value}")
         if isinstance(value, Interrupted):  # Ctrl-C inside an in-process trial
             raise KeyboardInterrupt

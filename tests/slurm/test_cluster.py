@@ -234,3 +234,36 @@ def test_ctrl_c_cancels_the_sweeps_jobs_and_keeps_the_study_consistent(
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
     assert {t.user_attrs["error"] for t in study.trials} == {"interrupted (Ctrl-C)"}
+
+
+def test_a_trial_over_its_time_limit_fails_with_the_reason(slurm_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {**slurm_cluster.env, "NCA_OUTPUT_DIR": str(tmp_path / "outputs")}
+    options = [*launcher(slurm_cluster), "hydra.launcher.timeout_min=1"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nca_cli",
+            "sweep",
+            "fire_rate=0.5,0.6",
+            "study=late",
+            "n_trials=1",
+            *SMOKE,
+            "trainer.iterations=100000",
+            "trainer.checkpoint_every=20",
+            *options,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr  # the trial failed, the sweep ended
+    folder = tmp_path / "outputs" / "sweep" / "late"
+    study = optuna.load_study(study_name="late", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    error = study.trials[0].user_attrs["error"]
+    assert "reached its time limit (hydra.launcher.timeout_min=1" in error, error
+    assert (folder / "0" / "last.ckpt").is_file()  # what the retry continues from
+    print(f"time limit: {error}; sacct: {slurm_cluster.accounting()}")
