@@ -31,8 +31,9 @@ def launcher(cluster) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_the_cluster_runs_and_accounts_for_jobs(slurm_cluster) -> None:  # type: ignore[no-untyped-def]
-    ok = slurm_cluster.run("sbatch", "--parsable", "--wrap", "true").strip()
-    slow = slurm_cluster.run("sbatch", "--parsable", "--wrap", "sleep 120").strip()
+    output = f"--output={slurm_cluster.root / 'log' / '%j.out'}"
+    ok = slurm_cluster.run("sbatch", "--parsable", output, "--wrap", "true").strip()
+    slow = slurm_cluster.run("sbatch", "--parsable", output, "--wrap", "sleep 120").strip()
     time.sleep(2)
     slurm_cluster.run("scancel", slow)
     deadline = time.monotonic() + 60
