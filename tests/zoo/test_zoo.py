@@ -14,13 +14,23 @@ import torch
 
 from nca_cli import api
 from nca_cli.config import ConfigError
+from nca_cli.evaluation.runs import find_checkpoint
 from nca_cli.evaluation.zoo import KEPT, MAX_BYTES, golden_figure
 from nca_cli.paths import output_root
 from nca_cli.training.checkpoint import load_checkpoint
+from nca_cli.training.finetune import source_checkpoint
 from nca_cli.zoo import catalogue, models_folder
 
 MODELS = catalogue()
-REQUIRED = {"growing-lizard", "persistent-lizard", "regenerating-lizard", "mnist"}
+REQUIRED = {
+    "growing-lizard",
+    "persistent-lizard",
+    "regenerating-lizard",
+    "mnist",
+    "pneumonia",
+    "emoji-conditional",
+    "edges2emoji",
+}
 
 
 def test_the_zoo_holds_the_promised_models() -> None:
@@ -86,6 +96,10 @@ def test_nca_zoo_lists_and_checks(tmp_path: Path) -> None:
 
 
 def test_zoo_names_are_runs_everywhere(tmp_path: Path) -> None:
+    # nca eval's --run and --checkpoint, and init=, resolve them alike
+    assert find_checkpoint(Path("zoo:mnist")) == MODELS["mnist"].path
+    assert find_checkpoint(checkpoint=Path("zoo:mnist")) == MODELS["mnist"].path
+    assert source_checkpoint("zoo:mnist") == MODELS["mnist"].path
     report = api.export(Path("zoo:regenerating-lizard"), "c", tmp_path / "c", steps=4)
     assert report.max_abs_error is not None and report.grid == [72, 72, 16]
     # What is made of a zoo model goes to the outputs, never into the installed package.
