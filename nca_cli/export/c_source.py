@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,7 +24,8 @@ from nca_cli.atomic import write_text_atomic
 from nca_cli.engine.nca import NCA
 from nca_cli.evaluation.runs import LoadedRun
 from nca_cli.export.onnx_graph import GROWN, ExportError
-from nca_cli.export.portable import Convolution, Layer, PortableNCA, portable
+from nca_cli.export.portable import Convolution, Layer, PortableNCA, portable, seed_entries
+from nca_cli.export.staging import staged
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,7 @@ def export_c(
     model = portable(nca, loaded.config, tuple(seed_state.shape[-2:]), "c")
     tables = _tables(model, quantization)
     assert isinstance(nca, NCA)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
-        folder = Path(tmp)
+    with staged(out) as folder:
         for name in SOURCES:
             text = resources.files("nca_cli.export").joinpath("c", name).read_text()
             (folder / name).write_text(text)
@@ -144,9 +142,6 @@ def export_c(
         write_text_atomic(folder / "export.json", json.dumps(asdict(report), indent=2) + "\n")
         for built in (folder / "libnca_check.so", folder / "example"):
             built.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        for item in folder.iterdir():
-            shutil.move(str(item), out / item.name)
     return report
 
 
@@ -310,15 +305,14 @@ def _model_header(model: PortableNCA, tables: list[_Table]) -> str:
 
 def _seed_header(seed_state: torch.Tensor, steps: int) -> str:
     """``nca_seed.h``: the task's seed state as its nonzero entries (channels-last indices)."""
-    flat = seed_state[0].permute(1, 2, 0).reshape(-1).numpy()
-    index = np.flatnonzero(flat)
+    index, values = seed_entries(seed_state)
     return (
         "/* The task's seed state, as its nonzero entries (written by nca export). */\n"
         "#ifndef NCA_SEED_H\n#define NCA_SEED_H\n\n"
         f"#define NCA_SEED_ENTRIES {len(index)}\n"
         f"#define NCA_EXAMPLE_STEPS {max(steps, GROWN)}\n"
         + _array("long", "NCA_SEED_INDEX", _ints(index) or ["0"])
-        + _array("float", "NCA_SEED_VALUE", _floats(flat[index]) or ["0.0f"])
+        + _array("float", "NCA_SEED_VALUE", _floats(values) or ["0.0f"])
         + "\n#endif\n"
     )
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from nca_cli.atomic import write_text_atomic
 from nca_cli.engine.cascade import CascadeNCA
 from nca_cli.engine.nca import NCA
 from nca_cli.evaluation.runs import LoadedRun
+from nca_cli.export.staging import staged
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,11 @@ def export_onnx(loaded: LoadedRun, out: Path, rollout_steps: int = 32, seed: int
         fire = torch.ones((rollout_steps, 1, 1, *state.shape[-2:]))
     extra = [noise.update] if noise.update is not None else []
     names = ["state", "fire", *(["noise"] if extra else [])]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
+    with staged(out) as tmp:
         errors = {}
         for label, steps in (("step", 1), ("rollout", rollout_steps)):
             inputs = (state, fire[:steps], *(e[:steps] for e in extra))
-            path = Path(tmp) / (f"rollout_{steps}.onnx" if label == "rollout" else "step.onnx")
+            path = tmp / (f"rollout_{steps}.onnx" if label == "rollout" else "step.onnx")
             graph = StepGraph(nca, steps).eval()
             torch.onnx.export(
                 graph,
@@ -160,9 +158,6 @@ def export_onnx(loaded: LoadedRun, out: Path, rollout_steps: int = 32, seed: int
             checkpoint=str(loaded.path),
             iteration=loaded.iteration,
         )
-        write_text_atomic(Path(tmp) / "export.json", json.dumps(asdict(report), indent=2) + "\n")
-        out.mkdir(parents=True, exist_ok=True)
-        for item in Path(tmp).iterdir():
-            shutil.move(str(item), out / item.name)
+        write_text_atomic(tmp / "export.json", json.dumps(asdict(report), indent=2) + "\n")
     log.info("ONNX export in %s: max abs error %.3g (step), %.3g (rollout)", out, *errors.values())
     return report

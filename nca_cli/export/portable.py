@@ -175,3 +175,11 @@ def _convolutions(perception: nn.Module, cfg: dict[str, Any], fmt: str) -> list[
 
 def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy().copy()
+
+
+def seed_entries(seed_state: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A seed state ``(1, C, H, W)`` as the indices (channels last) and values of its
+    nonzero entries: the seed a port starts from, small however large the grid."""
+    flat = seed_state[0].permute(1, 2, 0).reshape(-1).numpy()
+    index = np.flatnonzero(flat)
+    return index, flat[index]

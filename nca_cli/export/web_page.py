@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,7 +20,8 @@ from nca_cli.atomic import write_text_atomic
 from nca_cli.engine.nca import NCA
 from nca_cli.evaluation.runs import LoadedRun
 from nca_cli.export.onnx_graph import ExportError
-from nca_cli.export.portable import portable
+from nca_cli.export.portable import portable, seed_entries
+from nca_cli.export.staging import staged
 
 PAGE = ("index.html", "nca.js")
 MAX_CHANNELS = 32  # 8 RGBA render targets, what most WebGL2 GPUs (and SwiftShader) allow
@@ -83,8 +82,7 @@ def export_web(loaded: LoadedRun, out: Path, title: str = "", seed: int = 0) -> 
             "(8 RGBA float render targets): export with --format onnx or c"
         )
     layout = nca.layout
-    flat = seed_state[0].permute(1, 2, 0).reshape(-1).numpy()
-    index = np.flatnonzero(flat)
+    index, values = seed_entries(seed_state)
     targets = getattr(loaded.task.dataset_config, "targets", None)
     names = [str(t) for t in targets] if layout.conditions and targets else []
     task_name = loaded.config.get("task", {}).get("name", "nca")
@@ -127,7 +125,7 @@ def export_web(loaded: LoadedRun, out: Path, title: str = "", seed: int = 0) -> 
             }
             for layer in model.layers
         ],
-        "seed": {"index": index.tolist(), "value": flat[index].tolist()},
+        "seed": {"index": index.tolist(), "value": values.tolist()},
     }
     weight_bytes = 4 * (
         sum(c.weight.size + (0 if c.bias is None else c.bias.size) for c in model.convolutions)
@@ -142,9 +140,7 @@ def export_web(loaded: LoadedRun, out: Path, title: str = "", seed: int = 0) -> 
         checkpoint=str(loaded.path),
         iteration=loaded.iteration,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
-        folder = Path(tmp)
+    with staged(out) as folder:
         for name in PAGE:
             text = resources.files("nca_cli.export").joinpath("web", name).read_text()
             (folder / name).write_text(text)
@@ -153,7 +149,4 @@ def export_web(loaded: LoadedRun, out: Path, title: str = "", seed: int = 0) -> 
             "export.\nwindow.NCA_MODEL = " + json.dumps(description) + ";\n"
         )
         write_text_atomic(folder / "export.json", json.dumps(asdict(report), indent=2) + "\n")
-        out.mkdir(parents=True, exist_ok=True)
-        for item in folder.iterdir():
-            shutil.move(str(item), out / item.name)
     return report

@@ -1,5 +1,6 @@
-"""A real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by
-selenium) for the web export's tests; WebGL2 runs on its SwiftShader software GPU."""
+"""What the export tests share: a trained model with weights drawn afresh, and a real
+headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by selenium) for
+the web export's tests, where WebGL2 runs on its SwiftShader software GPU."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import base64
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
+
+from nca_cli.evaluation.runs import LoadedRun, load_run
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 FLAGS = [
@@ -23,6 +27,24 @@ FLAGS = [
     "--enable-unsafe-swiftshader",
     "--window-size=1000,1000",
 ]
+
+
+def randomised(run: Path, seed: int = 3) -> LoadedRun:
+    """The run loaded with every trained weight drawn afresh, so that the update is far from
+    the zero that a new NCA's last layer starts at, yet small enough (a gain below one per
+    layer) that 64 steps do not blow the state up."""
+    loaded = load_run(run / "last.ckpt", ["device=cpu"])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in loaded.nca.parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5 / fan_in**0.5)
+    return loaded
+
+
+@pytest.fixture
+def random_weights() -> Callable[..., LoadedRun]:
+    return randomised
 
 
 def _missing(reason: str) -> None:

@@ -10,13 +10,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from nca_cli import api
-from nca_cli.evaluation.runs import load_run
 from nca_cli.export.c_source import TOLERANCE, export_c
 from nca_cli.export.onnx_graph import ExportError
 
@@ -29,19 +29,6 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compile
 def trained(folder: Path, *overrides: str) -> Path:
     api.train(api.compose([*SMOKE, *overrides]), folder)
     return folder
-
-
-def randomised(run: Path):
-    """The run loaded with every trained weight drawn afresh, so that the update is far from
-    the zero that a new NCA's last layer starts at, yet small enough (a gain below one per
-    layer) that 64 steps do not blow the state up."""
-    loaded = load_run(run / "last.ckpt", ["device=cpu"])
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in loaded.nca.parameters():
-            fan_in = p[0].numel() if p.dim() > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5 / fan_in**0.5)
-    return loaded
 
 
 def c_rollout(folder: Path, state: torch.Tensor, fire: torch.Tensor) -> list[np.ndarray]:
@@ -100,18 +87,20 @@ def compare(loaded, folder: Path) -> float:
     ],
     ids=lambda o: "-".join(x.split("=")[1] for x in o),
 )
-def test_the_c_step_runs_like_the_pytorch_step(tmp_path: Path, overrides: list[str]) -> None:
-    loaded = randomised(trained(tmp_path / "run", *overrides))
+def test_the_c_step_runs_like_the_pytorch_step(
+    tmp_path: Path, overrides: list[str], random_weights: Any
+) -> None:
+    loaded = random_weights(trained(tmp_path / "run", *overrides))
     report = export_c(loaded, tmp_path / "c", steps=8)
     assert report.max_abs_error is not None and report.max_abs_error <= TOLERANCE
     assert compare(loaded, tmp_path / "c") <= TOLERANCE
 
 
 def test_int8_weights_are_a_quarter_and_run_like_their_rounded_pytorch_twin(
-    tmp_path: Path,
+    tmp_path: Path, random_weights: Any
 ) -> None:
     run = trained(tmp_path / "run")
-    loaded = randomised(run)
+    loaded = random_weights(run)
     full = export_c(loaded, tmp_path / "float", steps=8)
     small = export_c(loaded, tmp_path / "int8", steps=8, quantization="int8")
     assert small.weight_bytes < 0.5 * full.weight_bytes
@@ -120,7 +109,7 @@ def test_int8_weights_are_a_quarter_and_run_like_their_rounded_pytorch_twin(
     header = (tmp_path / "int8" / "nca_model.h").read_text()
     assert "static const int8_t nca_weight_1[]" in header
     # The header's weights are what the PyTorch step runs with once rounded the same way.
-    twin = randomised(run)
+    twin = random_weights(run)
     from nca_cli.export.c_source import quantize
 
     with torch.no_grad():

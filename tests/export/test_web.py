@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from nca_cli import api
-from nca_cli.evaluation.runs import LoadedRun, load_run
+from nca_cli.evaluation.runs import load_run
 from nca_cli.export.onnx_graph import ExportError
 from nca_cli.export.web_page import export_web, hash_fire
 from nca_cli.tasks.growing import rgba_to_rgb
@@ -36,18 +36,6 @@ TOLERANCE = 1e-4  # float32 in the shader against float32 in PyTorch, 16 steps
 def trained(folder: Path, *overrides: str) -> Path:
     api.train(api.compose([*SMOKE, *overrides]), folder)
     return folder
-
-
-def randomised(run: Path) -> LoadedRun:
-    """The run with its trained weights drawn afresh (a gain below one per layer), so that
-    the update is far from zero yet the state stays bounded."""
-    loaded = load_run(run / "last.ckpt", ["device=cpu"])
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in loaded.nca.parameters():
-            fan_in = p[0].numel() if p.dim() > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5 / fan_in**0.5)
-    return loaded
 
 
 def as_base64(state: torch.Tensor) -> str:
@@ -66,9 +54,9 @@ def as_base64(state: torch.Tensor) -> str:
     ids=["sobel", "dilated-circular", "residual-gelu", "conv-relu-reflect", "depthwise-all"],
 )
 def test_the_page_steps_like_the_pytorch_step(
-    page: Any, tmp_path: Path, overrides: list[str]
+    page: Any, tmp_path: Path, overrides: list[str], random_weights: Any
 ) -> None:
-    loaded = randomised(trained(tmp_path / "run", *overrides))
+    loaded = random_weights(trained(tmp_path / "run", *overrides), seed=5)
     report = export_web(loaded, tmp_path / "web")
     h, w, c = report.grid
     page.open(tmp_path / "web", "paused&seed=7")
