@@ -3,7 +3,6 @@ archives cannot write outside their folder, and no password or API key is saved.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import os
@@ -179,20 +178,6 @@ def test_no_secret_reaches_a_run_folder(tmp_path: Path) -> None:
     assert SECRET.encode() not in saved and KEY.encode() not in saved
     assert b"nca:***@db.example" in (run / ".hydra" / "hydra.yaml").read_bytes()
     assert list(run.glob("wandb/offline-run-*/*.wandb")), "no W&B files were checked"
-
-
-def _postgres_fixture() -> Any:
-    """The throw-away PostgreSQL server of the sweep tests (trust authentication: the
-    password in a URL is accepted, whatever it is)."""
-    path = Path(__file__).resolve().parents[1] / "sweeping" / "test_sweep_postgres.py"
-    spec = importlib.util.spec_from_file_location("nca_sweep_postgres_fixture", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.postgres
-
-
-postgres = _postgres_fixture()
 
 
 @pytest.mark.slow
