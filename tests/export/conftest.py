@@ -114,5 +114,6 @@ class Page:
 
 
 @pytest.fixture
-def page(browser: Any) -> Page:
-    return Page(browser)
+def page(browser: Any) -> Iterator[Page]:
+    yield Page(browser)
+    browser.get("about:blank")  # no page left animating (software WebGL) between tests

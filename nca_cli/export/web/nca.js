@@ -406,7 +406,8 @@
       shown = steps;
       since = now;
     }
-    stats.textContent = `step ${steps} · ${rate.toFixed(0)} steps/s · ${W}x${H} cells, ${C} channels`;
+    const line = `step ${steps} · ${rate.toFixed(0)} steps/s · ${W}x${H} cells, ${C} channels`;
+    if (stats.textContent !== line) stats.textContent = line; // an idle page repaints nothing
     requestAnimationFrame(frame);
   }
 
