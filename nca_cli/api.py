@@ -115,7 +115,7 @@ def export(
     step over ``steps`` steps (default 32 for ONNX's rollout graph, 64 for C); returns what
     export.json records."""
     from nca_cli.evaluation.runs import load_run
-    from nca_cli.export.onnx_graph import ExportError
+    from nca_cli.export import ExportError
 
     if fmt not in EXPORT_FORMATS:
         formats = ", ".join(EXPORT_FORMATS)

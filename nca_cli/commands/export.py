@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     from nca_cli.api import export
     from nca_cli.config import ConfigError
-    from nca_cli.export.onnx_graph import ExportError
+    from nca_cli.export import ExportError
     from nca_cli.measures import EvalError
 
     try:

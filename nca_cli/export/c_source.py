@@ -23,8 +23,15 @@ import torch
 from nca_cli.atomic import write_text_atomic
 from nca_cli.engine.nca import NCA
 from nca_cli.evaluation.runs import LoadedRun
-from nca_cli.export.onnx_graph import GROWN, ExportError
-from nca_cli.export.portable import Convolution, Layer, PortableNCA, portable, seed_entries
+from nca_cli.export import ExportError
+from nca_cli.export.portable import (
+    GROWN,
+    Convolution,
+    Layer,
+    PortableNCA,
+    portable,
+    seed_entries,
+)
 from nca_cli.export.staging import staged
 
 log = logging.getLogger(__name__)
@@ -129,7 +136,7 @@ def export_c(
             files=[*SOURCES, "nca_model.h", "nca_seed.h"],
             quantization=quantization,
             grid=[model.height, model.width, model.channels],
-            weight_bytes=sum(t.bytes for t in tables) + _bias_bytes(model),
+            weight_bytes=_weight_bytes(model, tables),
             state_bytes=4 * model.height * model.width * model.channels,
             scratch_bytes=_scratch_bytes(model),
             compared_steps=steps,
@@ -165,9 +172,9 @@ def _tables(model: PortableNCA, quantization: str) -> list[_Table]:
     return tables
 
 
-def _bias_bytes(model: PortableNCA) -> int:
-    convs = sum(c.bias.nbytes for c in model.convolutions if c.bias is not None)
-    return convs + sum(layer.bias.nbytes for layer in model.layers)
+def _weight_bytes(model: PortableNCA, tables: list[_Table]) -> int:
+    """What the header's weight tables and biases take."""
+    return sum(t.bytes for t in tables) + model.bias_bytes
 
 
 def _max_width(model: PortableNCA) -> int:
@@ -218,7 +225,7 @@ def _weights_struct(table: _Table) -> str:
 def _model_header(model: PortableNCA, tables: list[_Table]) -> str:
     """``nca_model.h``: the sizes as macros, then the weight tables and their descriptions."""
     alive = -1 if model.alive_channel is None else model.alive_channel
-    weights = sum(t.bytes for t in tables) + _bias_bytes(model)
+    weights = _weight_bytes(model, tables)
     lines = [
         "/* One trained NCA's sizes and weights, for nca.c (written by nca export). */",
         "#ifndef NCA_MODEL_H",

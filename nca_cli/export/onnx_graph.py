@@ -9,7 +9,6 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +17,8 @@ from nca_cli.atomic import write_text_atomic
 from nca_cli.engine.cascade import CascadeNCA
 from nca_cli.engine.nca import NCA
 from nca_cli.evaluation.runs import LoadedRun
+from nca_cli.export import ExportError
+from nca_cli.export.portable import GROWN, perception_kinds
 from nca_cli.export.staging import staged
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,6 @@ UNSUPPORTED = {
 OPSET = 18
 STEP_TOLERANCE = 1e-4  # max abs difference of one step's states
 ROLLOUT_TOLERANCE = 1e-3  # of the K-step rollout's final states (float32 round-off grows)
-GROWN = 24  # steps grown from the seed for the states the check compares
-
-
-class ExportError(RuntimeError):
-    """The run cannot be exported in this format, or the export does not match PyTorch."""
 
 
 class StepGraph(nn.Module):
@@ -69,14 +65,6 @@ class OnnxExport:
     opset: int
     checkpoint: str
     iteration: int
-
-
-def perception_kinds(perception: dict[str, Any]) -> list[str]:
-    """Every perception kind in a perception config (a multi perception's components too)."""
-    kinds = [str(perception.get("kind"))]
-    for part in perception.get("components") or []:
-        kinds += perception_kinds(part)
-    return kinds
 
 
 def check_exportable(loaded: LoadedRun) -> NCA:

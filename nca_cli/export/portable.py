@@ -24,11 +24,12 @@ from nca_cli.engine.perception import (
 )
 from nca_cli.engine.update import ACTIVATIONS
 from nca_cli.errors import ConfigError
-from nca_cli.export.onnx_graph import ExportError, perception_kinds
+from nca_cli.export import ExportError
 
 # Activations the ports implement (every one of the engine's).
 PORTED_ACTIVATIONS = tuple(ACTIVATIONS)
 PADDINGS = ("zeros", "circular", "reflect")
+GROWN = 24  # steps grown from the seed for the states the exports' checks compare
 
 
 @dataclass
@@ -79,8 +80,27 @@ class PortableNCA:
         return sum(c.features for c in self.convolutions)
 
     @property
+    def bias_bytes(self) -> int:
+        convs = sum(c.bias.nbytes for c in self.convolutions if c.bias is not None)
+        return convs + sum(layer.bias.nbytes for layer in self.layers)
+
+    @property
+    def float32_bytes(self) -> int:
+        """The weights and biases as float32 (fixed filters included)."""
+        weights = sum(c.weight.nbytes for c in self.convolutions)
+        return weights + sum(layer.weight.nbytes for layer in self.layers) + self.bias_bytes
+
+    @property
     def radius(self) -> int:
         return max(c.dilation * (c.kernel - 1) // 2 for c in self.convolutions)
+
+
+def perception_kinds(perception: dict[str, Any]) -> list[str]:
+    """Every perception kind in a perception config (a multi perception's components too)."""
+    kinds = [str(perception.get("kind"))]
+    for part in perception.get("components") or []:
+        kinds += perception_kinds(part)
+    return kinds
 
 
 def portable(

@@ -19,7 +19,7 @@ import torch
 from nca_cli.atomic import write_text_atomic
 from nca_cli.engine.nca import NCA
 from nca_cli.evaluation.runs import LoadedRun
-from nca_cli.export.onnx_graph import ExportError
+from nca_cli.export import ExportError
 from nca_cli.export.portable import portable, seed_entries
 from nca_cli.export.staging import staged
 
@@ -127,16 +127,12 @@ def export_web(loaded: LoadedRun, out: Path, title: str = "", seed: int = 0) -> 
         ],
         "seed": {"index": index.tolist(), "value": values.tolist()},
     }
-    weight_bytes = 4 * (
-        sum(c.weight.size + (0 if c.bias is None else c.bias.size) for c in model.convolutions)
-        + sum(layer.weight.size + layer.bias.size for layer in model.layers)
-    )
     report = WebExport(
         folder=str(out),
         files=[*PAGE, "model.js"],
         grid=[model.height, model.width, model.channels],
         fire_rate=model.fire_rate,
-        weight_bytes=weight_bytes,
+        weight_bytes=model.float32_bytes,
         checkpoint=str(loaded.path),
         iteration=loaded.iteration,
     )

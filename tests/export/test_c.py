@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from nca_cli import api
+from nca_cli.export import ExportError
 from nca_cli.export.c_source import TOLERANCE, export_c
-from nca_cli.export.onnx_graph import ExportError
 
 SMOKE = ["task=growing", "trainer=smoke", "logger=none", "trainer.iterations=2"]
 STEPS = 64

@@ -14,12 +14,8 @@ import torch
 
 from nca_cli import api
 from nca_cli.evaluation.runs import load_run
-from nca_cli.export.onnx_graph import (
-    ROLLOUT_TOLERANCE,
-    STEP_TOLERANCE,
-    ExportError,
-    StepGraph,
-)
+from nca_cli.export import ExportError
+from nca_cli.export.onnx_graph import ROLLOUT_TOLERANCE, STEP_TOLERANCE, StepGraph
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="pip install 'nca-cli[export]'")
 

@@ -21,7 +21,7 @@ import torch
 
 from nca_cli import api
 from nca_cli.evaluation.runs import load_run
-from nca_cli.export.onnx_graph import ExportError
+from nca_cli.export import ExportError
 from nca_cli.export.web_page import export_web, hash_fire
 from nca_cli.tasks.growing import rgba_to_rgb
 from nca_cli.zoo import catalogue
