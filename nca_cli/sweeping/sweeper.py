@@ -22,6 +22,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -220,31 +221,16 @@ class OptunaSweeper(Sweeper):
             points = []
             budget = DEFAULT_TRIALS if self.n_trials is None else self.n_trials
 
-        returns: list[JobReturn] = []
-        ran = completed = failed = 0
+        workers = _Workers(budget)
         try:
-            while ran < budget:
-                batch = self._ask(study, dims, fixed, points, min(parallel, budget - ran))
-                if not batch:
-                    break
-                results = self._launch(study, storage, batch)
-                if results is None:  # the launcher failed: judge each trial from its folder
-                    ends = [self._recover(study, trial) for trial, _ in batch]
-                else:
-                    ends = [
-                        self._tell(study, t, r) for (t, _), r in zip(batch, results, strict=True)
-                    ]
-                    returns.extend(results)
-                completed += ends.count("complete")
-                failed += ends.count("failed")
-                ran += len(batch)
-                self._write_table(study)
+            self._run_workers(study, storage, dims, fixed, points, parallel, workers)
         except KeyboardInterrupt:
+            self._interrupt(study, workers)
             self._write_table(study)
             print(f"nca sweep: interrupted; resume with:\n  {self._again()}", file=sys.stderr)
             sys.exit(130)
-        self._finish(study, ran, completed, failed, grid, points)
-        return returns
+        self._finish(study, workers, grid, points)
+        return workers.returns
 
     def _check_settings(self) -> None:
         from nca_cli.config import choice
@@ -363,42 +349,40 @@ class OptunaSweeper(Sweeper):
         dims: Sequence[Dimension],
         fixed: list[str],
         points: list[tuple[Any, ...]],
-        count: int,
-    ) -> list[tuple[optuna.Trial, list[str]]]:
-        """Up to ``count`` new trials with their overrides; on a grid, the next points that
-        no trial has finished or is running (points that failed before are tried again, once
-        per invocation)."""
+        parallel: int,
+    ) -> tuple[optuna.Trial, list[str] | None] | None:
+        """The next trial with its overrides (None when the grid is done); on a grid, the
+        next point that no trial has finished or is running (points that failed before are
+        tried again, once per invocation). A trial whose config does not compose comes
+        without overrides, already recorded failed."""
         from hydra.errors import HydraException
 
         assert self.hydra_context is not None and self.config is not None
         grid = bool(points)
         distributions = {d.name: d.distribution(grid) for d in dims}
-        batch: list[tuple[optuna.Trial, list[str]]] = []
-        for _ in range(count):
-            if grid:
-                point = self._next_point(study, dims, points, self.tried)
-                if point is None:
-                    break
-                self.tried.add(point)
-                study.enqueue_trial(dict(zip(distributions, point, strict=True)))
-            trial = study.ask(distributions)
-            trial.set_user_attr("run_dir", str((self.sweep_dir / str(trial.number)).resolve()))
-            if self.cv_k:
-                trial.set_user_attr("cv_k", self.cv_k)
-            overrides = [
-                *fixed,
-                *(d.override(trial.params[d.name]) for d in dims),
-                *self._job_overrides(trial.number, count, fixed),
-            ]
-            try:
-                self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-            except HydraException as err:
-                self._fail(study, trial, f"the config does not compose: {err}")
-                continue
-            params = " ".join(d.override(trial.params[d.name]) for d in dims)
-            print(f"[trial {trial.number}] {params}")
-            batch.append((trial, overrides))
-        return batch
+        if grid:
+            point = self._next_point(study, dims, points, self.tried)
+            if point is None:
+                return None
+            self.tried.add(point)
+            study.enqueue_trial(dict(zip(distributions, point, strict=True)))
+        trial = study.ask(distributions)
+        trial.set_user_attr("run_dir", str((self.sweep_dir / str(trial.number)).resolve()))
+        if self.cv_k:
+            trial.set_user_attr("cv_k", self.cv_k)
+        overrides = [
+            *fixed,
+            *(d.override(trial.params[d.name]) for d in dims),
+            *self._job_overrides(trial.number, parallel, fixed),
+        ]
+        try:
+            self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except HydraException as err:
+            self._fail(study, trial, f"the config does not compose: {err}")
+            return trial, None
+        params = " ".join(d.override(trial.params[d.name]) for d in dims)
+        print(f"[trial {trial.number}] {params}")
+        return trial, overrides
 
     @staticmethod
     def _next_point(
@@ -416,65 +400,133 @@ class OptunaSweeper(Sweeper):
                 taken.add(tuple(trial.params[d.name] for d in dims))
         return next((p for p in points if p not in taken), None)
 
-    def _launch(
+    def _run_workers(
         self,
         study: optuna.Study,
         storage: optuna.storages.RDBStorage,
-        batch: list[tuple[optuna.Trial, list[str]]],
-    ) -> list[JobReturn] | None:
-        """Run the batch: its results, or None when the launcher itself failed (a killed
-        worker). Ctrl-C marks the batch failed before stopping."""
-        assert self.config is not None
+        dims: Sequence[Dimension],
+        fixed: list[str],
+        points: list[tuple[Any, ...]],
+        parallel: int,
+        workers: _Workers,
+    ) -> None:
+        """Keep ``parallel`` trials running: each worker asks for the next trial as soon as
+        its own has ended, so no trial waits for a slower one. Trials that run in this
+        process (Hydra's basic launcher) go one at a time in this thread, where Ctrl-C
+        reaches them; the others each wait for their job (a joblib process, a SLURM job)
+        in a thread of their own."""
         study_id = storage.get_study_id_from_name(study.study_name)
-        ids = [
-            storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t, _ in batch
-        ]
-        submitted = self._cluster_jobs()
+
+        def work() -> None:
+            while True:
+                with workers.lock:
+                    if workers.stopping or workers.started >= workers.budget:
+                        return
+                    asked = self._ask(study, dims, fixed, points, parallel)
+                    if asked is None:
+                        return
+                    trial, overrides = asked
+                    workers.started += 1
+                    if overrides is None:  # recorded failed: it does not compose
+                        workers.ends.append("failed")
+                        continue
+                    workers.running[trial.number] = (
+                        trial,
+                        storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
+                    )
+                    index = self.job_idx
+                    self.job_idx += 1
+                result = self._launch(overrides, index)
+                with workers.lock:
+                    ran = workers.running.pop(trial.number, None)
+                    if ran is None:
+                        return  # the sweep was interrupted and has recorded it
+                    if result is None:  # the launcher failed: judge it from its folder
+                        end = self._recover(study, trial)
+                    else:
+                        job = storage.get_trial(ran[1]).user_attrs.get("slurm_job")
+                        end = self._tell(study, trial, result, job)
+                        workers.returns.append(result)
+                    workers.ends.append(end)
+                    self._write_table(study)
+
+        def guarded() -> None:
+            try:
+                work()
+            except BaseException as err:  # raised again by the main thread
+                with workers.lock:
+                    workers.errors.append(err)
+                    workers.stopping = True
+
+        with _heartbeats(storage, workers, self.heartbeat):
+            if self._in_process() or parallel == 1:
+                work()
+                return
+            threads = [
+                threading.Thread(target=guarded, name=f"nca-sweep-worker-{i}", daemon=True)
+                for i in range(parallel)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        if workers.errors:
+            raise workers.errors[0]
+
+    def _launch(self, overrides: list[str], index: int) -> JobReturn | None:
+        """Run one trial's job: its result, or None when the launcher itself failed (a
+        killed worker process)."""
+        assert self.config is not None
         try:
-            with _heartbeats(storage, ids, self.heartbeat):
-                results = list(
-                    self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
-                )
-        except KeyboardInterrupt:
-            self._cancel(self._cluster_jobs() - submitted)
-            for trial, _ in batch:
-                self._fail(study, trial, "interrupted (Ctrl-C)")
-            raise
+            (result,) = self.launcher.launch([overrides], initial_job_idx=index)
         except Exception as err:
             print(f"nca sweep: the launcher failed: {type(err).__name__}: {err}", file=sys.stderr)
             self.launch_error = f"{type(err).__name__}: {err}"
             return None
         finally:
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            self.job_idx += len(batch)
-        return results
+        return result
+
+    def _interrupt(self, study: optuna.Study, workers: _Workers) -> None:
+        """Ctrl-C: the running trials are recorded failed, their SLURM jobs cancelled, and
+        local trial processes asked to stop (each saves its checkpoint first)."""
+        import multiprocessing
+        import signal
+
+        with workers.lock:
+            workers.stopping = True
+            running = [trial for trial, _ in workers.running.values()]
+            workers.running.clear()
+            for trial in running:
+                self._fail(study, trial, "interrupted (Ctrl-C)")
+        from nca_cli.sweeping.slurm import cancel
+
+        cancelled = cancel(self._cluster_jobs())
+        if cancelled:
+            print(f"nca sweep: {cancelled}", file=sys.stderr)
+        if self._in_process() or self._on_slurm():
+            return
+        for child in multiprocessing.active_children():  # joblib's trial processes
+            if child.pid is not None:
+                os.kill(child.pid, signal.SIGINT)
 
     def _cluster_jobs(self) -> set[str]:
-        """The SLURM jobs this sweep folder has submitted (submitit's job folders), or none
-        for a launcher that is not SLURM's."""
-        assert self.config is not None
-        if not str(self.config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        """The queued and running SLURM jobs this sweep process has submitted: those in its
+        own submitit folder (see conf/hydra/launcher/slurm.yaml) that ``squeue`` still
+        lists; none for a launcher that is not SLURM's."""
+        from nca_cli.sweeping.slurm import queued
+
+        if not self._on_slurm():
             return set()
-        folder = Path(str(self.config.hydra.launcher.submitit_folder)).parent
-        return {p.name.split("_")[0] for p in folder.glob("*") if p.name[:1].isdigit()}
+        folder = Path(str(self.launcher.params["submitit_folder"])).parent
+        return queued({p.name.split("_")[0] for p in folder.glob("*") if p.name[:1].isdigit()})
 
-    @staticmethod
-    def _cancel(jobs: set[str]) -> None:
-        """Cancel this launch's queued and running SLURM jobs (on Ctrl-C), saying which."""
-        import subprocess
-
-        if not jobs:
-            return
-        listed = " ".join(sorted(jobs))
-        try:
-            subprocess.run(["scancel", *sorted(jobs)], check=True, capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as err:
-            print(f"nca sweep: could not cancel SLURM jobs {listed}: {err}", file=sys.stderr)
-            return
-        print(f"nca sweep: cancelled SLURM jobs {listed} (queued and running)", file=sys.stderr)
-
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> str:
-        """Record how a trial ended: complete, pruned or failed."""
+    def _tell(
+        self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, job: str | None
+    ) -> str:
+        """Record how a trial ended: complete, pruned or failed (``job``: the SLURM job that
+        ran it, which the trial recorded, for the reason of a stopped job)."""
         import optuna
         from optuna.trial import TrialState
 
@@ -502,8 +554,7 @@ class OptunaSweeper(Sweeper):
             self._fail(
                 study,
                 trial,
-                f"its job was stopped by SIGTERM (scancel, its time limit or preemption): "
-                f"{stopped}; running the study again continues it",
+                f"{_stopped_job(job)}: {stopped}; running the study again continues it",
             )
             return "failed"
         if type(value).__name__ == "UncompletedJobError" and "timed-out" in str(value):
@@ -512,9 +563,9 @@ class OptunaSweeper(Sweeper):
             self._fail(
                 study,
                 trial,
-                f"its job reached its time limit (hydra.launcher.timeout_min={limit}; "
-                f"submitit: {value}); running the study again continues it from its last "
-                "checkpoint",
+                f"its job{f' {job}' if job else ''} reached its time limit "
+                f"(hydra.launcher.timeout_min={limit}; submitit: {value}); running the study "
+                "again continues it from its last checkpoint",
             )
             return "failed"
         self._fail(study, trial, f"{type(value).__name__}: {value}")
@@ -525,8 +576,11 @@ class OptunaSweeper(Sweeper):
     def _in_process(self) -> bool:
         """Whether trials run in this process (Hydra's basic launcher), where a trial's
         Ctrl-C is the sweep's own."""
-        assert self.config is not None
-        return str(self.config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
+        return type(self.launcher).__name__ == "BasicLauncher"
+
+    def _on_slurm(self) -> bool:
+        """Whether trials are SLURM jobs (submitit's SLURM launcher)."""
+        return type(self.launcher).__name__ == "SlurmLauncher"
 
     def _fail(self, study: optuna.Study, trial: optuna.Trial, error: str) -> None:
         from optuna.trial import TrialState
@@ -590,29 +644,54 @@ class OptunaSweeper(Sweeper):
         write_csv(study, self.sweep_dir / "trials.csv", self.metric)
 
     def _finish(
-        self,
-        study: optuna.Study,
-        ran: int,
-        completed: int,
-        failed: int,
-        grid: bool,
-        points: list[Any],
+        self, study: optuna.Study, workers: _Workers, grid: bool, points: list[Any]
     ) -> None:
         """The table, the resume command, and the exit status: 1 when a trial of this run
         failed (the others still ran)."""
         from nca_cli.sweeping.summary import summarize
 
+        ran = len(workers.ends)
         if ran == 0 and grid:
             print(f"nca sweep: nothing left to run: the {len(points)} grid points are done")
         summarize(study, self.sweep_dir, self.metric)
         print(f"add trials to this study (or resume it) with:\n  {self._again()}")
+        failed = workers.ends.count("failed")
         if failed:
             print(
-                f"nca sweep: {failed} of the {ran} trials failed ({completed} completed); "
+                f"nca sweep: {failed} of the {ran} trials failed "
+                f"({workers.ends.count('complete')} completed); "
                 "their errors are in the table and in their folders' error.txt",
                 file=sys.stderr,
             )
             sys.exit(1)
+
+
+@dataclass
+class _Workers:
+    """What the sweep's workers share, under ``lock``: how many trials were started, the
+    running ones (trial and storage id, beaten by the heartbeat), and how each ended."""
+
+    budget: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: int = 0
+    stopping: bool = False
+    running: dict[int, tuple[optuna.Trial, int]] = field(default_factory=dict)
+    ends: list[str] = field(default_factory=list)  # complete / pruned / failed
+    returns: list[JobReturn] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+
+def _stopped_job(job: str | None) -> str:
+    """Why a trial's job stopped: its SLURM state from ``sacct`` where the trial recorded
+    its job."""
+    from nca_cli.sweeping.slurm import job_state
+
+    if job is None:
+        return "its job was stopped by SIGTERM (scancel, its time limit or preemption)"
+    state = job_state(job)
+    if state is None:
+        return f"its SLURM job {job} was stopped by SIGTERM (scancel, its time limit or preemption)"
+    return f"its SLURM job {job} ended {state} (sacct)"
 
 
 def _check_points(dims: Sequence[Dimension]) -> list[tuple[Any, ...]]:
@@ -661,7 +740,7 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 @contextmanager
 def _heartbeats(
-    storage: optuna.storages.RDBStorage, trial_ids: list[int], interval: int
+    storage: optuna.storages.RDBStorage, workers: _Workers, interval: int
 ) -> Iterator[None]:
     """Beat for the running trials, so that a sweep killed with its trials leaves them to be
     marked failed (not running for ever) by the next sweep on the study."""
@@ -672,6 +751,8 @@ def _heartbeats(
 
     def beat() -> None:
         while True:
+            with workers.lock:
+                trial_ids = [trial_id for _, trial_id in workers.running.values()]
             for trial_id in trial_ids:
                 try:
                     storage.record_heartbeat(trial_id)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from nca_cli.atomic import write_text_atomic
 from nca_cli.compute import placed_device
 from nca_cli.sweeping.retry import take_over_run
+from nca_cli.sweeping.slurm import current_job
 from nca_cli.sweeping.study import make_pruner, open_storage, storage_url
 from nca_cli.training.run_folder import train_in_folder
 
@@ -63,7 +64,8 @@ def continue_failed_attempt(hydra_cfg: Any, run_dir: Path, config: dict[str, Any
 
 def study_reporter(hydra_cfg: Any) -> Report | None:
     """A ``report(iteration, row)`` that stores the row's intermediate value in the trial
-    and raises ``optuna.TrialPruned`` when the pruner says so; None outside an nca sweep."""
+    and raises ``optuna.TrialPruned`` when the pruner says so; None outside an nca sweep.
+    A trial run by a SLURM job records the job (user attribute ``slurm_job``)."""
     sweeper = hydra_cfg.get("sweeper")
     if sweeper is None or sweeper.get("trial") is None:
         return None
@@ -85,6 +87,9 @@ def study_reporter(hydra_cfg: Any) -> Report | None:
     sign = 1.0 if sweeper.intermediate_direction == study.direction.name.lower() else -1.0
     study_id = storage.get_study_id_from_name(study.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    job = current_job()
+    if job is not None:  # the sweeper names it when the job is stopped
+        storage.set_trial_user_attr(trial_id, "slurm_job", job)
 
     def report(iteration: int, row: dict[str, float]) -> None:
         value = row.get(key)

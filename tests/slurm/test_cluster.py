@@ -4,6 +4,7 @@ Hydra's submitit launcher as a user would, with the preset ``hydra/launcher=slur
 from __future__ import annotations
 
 import csv
+import json
 import shlex
 import signal
 import subprocess
@@ -108,17 +109,17 @@ def test_a_cancelled_trial_fails_with_its_reason_and_is_resumed_when_retried(
     while not (folder / "0" / "last.ckpt").is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert (folder / "0" / "last.ckpt").is_file(), "trial 0 wrote no checkpoint"
-    running = slurm_cluster.run("squeue", "-h", "-o", "%i %T").split("\n")
-    array = next(w[0] for w in (line.split() for line in running) if w and w[0].endswith("_0"))
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    study = optuna.load_study(study_name="faults", storage=storage)
+    array = study.trials[0].user_attrs["slurm_job"]  # recorded by the trial's job
     slurm_cluster.run("scancel", array)
     out, _ = sweep.communicate(timeout=600)
     assert sweep.returncode == 1, out  # a trial failed; the sweep went on and finished
-    storage = f"sqlite:///{folder / 'optuna.db'}"
     study = optuna.load_study(study_name="faults", storage=storage)
     states = {t.number: t.state for t in study.trials}
     assert states == {0: TrialState.FAIL, 1: TrialState.COMPLETE}, out
     error = study.trials[0].user_attrs["error"]
-    assert "stopped by SIGTERM" in error, error
+    assert f"its SLURM job {array} ended CANCELLED by" in error, error
     stopped_at = torch.load(folder / "0" / "last.ckpt", weights_only=True)["iteration"]
     accounting = slurm_cluster.accounting()
     assert accounting[array]["state"].startswith("CANCELLED"), accounting
@@ -267,7 +268,73 @@ def test_a_trial_over_its_time_limit_fails_with_the_reason(slurm_cluster, tmp_pa
     error = study.trials[0].user_attrs["error"]
     # submitit's pre-timeout signal usually comes first; else SLURM's own SIGTERM at the limit
     assert "reached its time limit (hydra.launcher.timeout_min=1" in error or (
-        "stopped by SIGTERM (scancel, its time limit" in error
+        "ended TIMEOUT (sacct)" in error
     ), error
     assert (folder / "0" / "last.ckpt").is_file()  # what the retry continues from
     print(f"time limit: {error}; sacct: {slurm_cluster.accounting()}")
+
+
+def nca(cluster, tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """An ``nca`` command against the test cluster, with outputs under ``tmp_path``."""
+    return subprocess.run(
+        [sys.executable, "-m", "nca_cli", *args],
+        cwd=tmp_path,
+        env={**cluster.env, "NCA_OUTPUT_DIR": str(tmp_path / "outputs")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_kfold_trains_every_fold_in_its_own_job(slurm_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    before = set(slurm_cluster.accounting())
+    data = ["task=shapes", "dataset.samples=30", "trainer.iterations=20"]
+    common = ["trainer=smoke", "logger=none", *launcher(slurm_cluster)]
+    out = nca(slurm_cluster, tmp_path, "kfold", "k=3", *data, *common)
+    seconds = time.perf_counter() - start
+    assert out.returncode == 0, out.stdout + out.stderr
+    (folder,) = (tmp_path / "outputs" / "kfold").iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert len(summary["metrics"]["dice"]["values"]) == 3
+    assert (folder / "folds.png").is_file()
+    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    assert len(jobs) == 3 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
+    for i in range(3):  # each fold's log names the job that trained it
+        assert (folder / f"fold_{i}" / "metrics.json").is_file()
+    print(f"kfold k=3 as SLURM jobs: {seconds:.0f} s; sacct: {jobs}")
+
+
+def test_two_sweeps_on_one_study_share_it_without_losing_a_trial(
+    slurm_cluster, postgres: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    env = {**slurm_cluster.env, "NCA_OUTPUT_DIR": str(tmp_path / "outputs")}
+    common = [
+        sys.executable, "-m", "nca_cli", "sweep", "search=lr", "study=shared",
+        f"storage={postgres}", "n_jobs=1", *SMOKE, *launcher(slurm_cluster),
+    ]  # fmt: skip
+    sweeps = [
+        subprocess.Popen(
+            [*common, f"n_trials={n}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in (2, 1)
+    ]
+    outputs = [s.communicate(timeout=600)[0] for s in sweeps]
+    seconds = time.perf_counter() - start
+    assert [s.returncode for s in sweeps] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    jobs = {t.user_attrs["slurm_job"] for t in study.trials}
+    assert len(jobs) == 3, jobs  # one job per trial, none run twice
+    lrs = [t.params["trainer.optimizer.lr"] for t in study.trials]
+    assert len(set(lrs)) == 3
+    folder = tmp_path / "outputs" / "sweep" / "shared"
+    assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+    print(f"two sweeps (2 + 1 trials) on one study: {seconds:.0f} s")

@@ -224,6 +224,22 @@ def test_optuna_study_resumes_with_a_new_sampler_seed(
     assert threads == {None, max(1, (os.cpu_count() or 1) // 2)}
 
 
+def test_parallel_trials_start_when_a_worker_frees_up_not_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Trial 0 trains far longer than the others: with batches of n_jobs, trial 2 would wait
+    # for trial 0; with workers, trials 2 and 3 run beside it.
+    grid = ["trainer.iterations=300,4,5,6", "study=uneven", "pruner=none", "n_jobs=2"]
+    assert in_process(monkeypatch, *grid, *SMOKE) == 0
+    trials = {t.number: t for t in load(sweep_root() / "uneven").trials}
+    assert [trials[n].state for n in range(4)] == [TrialState.COMPLETE] * 4
+    assert trials[0].params["trainer.iterations"] == 300
+    long_end = trials[0].datetime_complete
+    assert long_end is not None
+    for number in (2, 3):
+        assert trials[number].datetime_complete < long_end, (number, trials)  # type: ignore[operator]
+
+
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     # A threshold above every value kills all cells: the trainer raises DivergenceError.
     code = in_process(monkeypatch, *SMOKE, "model.alive_threshold=5.0,0.1", "study=faulty")
