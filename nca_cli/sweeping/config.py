@@ -42,7 +42,8 @@ class CrossValConf:
 
     k: int | None = None
     splits: str | None = None  # a fold file (nca kfold's folds.json) instead of drawing folds
-    n_jobs: int = 1  # folds of one trial trained at a time (joblib processes)
+    n_jobs: int = 1  # folds of one trial trained at a time (joblib processes; SLURM jobs)
+    fold: int | None = None  # set by the sweeper: this job trains only this fold
 
 
 @dataclass

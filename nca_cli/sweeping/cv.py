@@ -9,6 +9,8 @@ folds; each sweep folder holds them as ``splits/folds.json`` and ``splits/fold_<
 A trial trains its folds into ``<trial>/fold_<i>/`` (normal run folders), reports the
 running mean of the objective after each fold but the last (the pruner can stop a weak
 trial after its first folds), and writes ``summary.json`` (per-fold values, mean and std).
+On a SLURM cluster every fold is a job of its own (``cv.fold``), which the sweeper
+launches, reports and summarises.
 Finished folds are skipped and interrupted ones continue from their checkpoint; a trial
 that retries a failed one (same parameters: a grid point run again) takes over its folds.
 """
@@ -179,6 +181,8 @@ def fold_evaluator(hydra_cfg: Any) -> Evaluate | None:
         study_name=str(sweeper.study_name),
         trial=int(sweeper.trial),
     )
+    if cv.get("fold") is not None:
+        return partial(evaluate_fold, plan=plan, fold=int(cv.fold))
     return partial(evaluate_folds, plan=plan)
 
 
@@ -193,11 +197,9 @@ def evaluate_folds(
     """Train the k folds of ``config`` into ``run_dir/fold_<i>/`` (``n_jobs`` at a time),
     report the running mean of the objective after each fold but the last, and return the
     mean of every metric over the folds (``summary.json`` has the rest)."""
-    from nca_cli.crossval.folds import log_fold_summary, plot_folds, summarize
-
     del checkpoint  # the folds keep their own checkpoints
     configs = [fold_config(config, i, plan) for i in range(plan.k)]
-    take_over_folds(run_dir, configs, plan)
+    take_over_folds(run_dir, dict(enumerate(configs)), plan)
     values: list[float] = []
     for start in range(0, plan.k, plan.n_jobs):
         batch = list(range(start, min(start + plan.n_jobs, plan.k)))
@@ -207,9 +209,35 @@ def evaluate_folds(
             log.info("trial %d fold %d: %s %.6g", plan.trial, i, plan.metric, values[-1])
             if report is not None and i < plan.k - 1:  # after the last: the objective
                 report(i, {plan.metric: sum(values) / len(values)})
+    return finish_folds(run_dir, config, plan)
+
+
+def evaluate_fold(
+    config: dict[str, Any],
+    run_dir: Path,
+    checkpoint: dict[str, Any] | None = None,
+    report: Report | None = None,
+    *,
+    plan: FoldPlan,
+    fold: int,
+) -> dict[str, float]:
+    """Fold ``fold`` of a trial as a job of its own, in ``run_dir`` (``<trial>/fold_<i>/``);
+    the sweeper reports the folds' mean and summarises them (:func:`finish_folds`)."""
+    del checkpoint, report
+    config = fold_config(config, fold, plan)
+    take_over_folds(run_dir.parent, {fold: config}, plan)
+    return run_fold(config, run_dir)
+
+
+def finish_folds(run_dir: Path, config: dict[str, Any], plan: FoldPlan) -> dict[str, float]:
+    """``summary.json``, the plot and the W&B summary of a trial whose folds have all
+    finished; the mean of every metric over the folds."""
+    from nca_cli.crossval.folds import log_fold_summary, plot_folds, summarize
+
     summary = summarize(run_dir, plan.k)
     plot_folds(run_dir / "folds.png", summary)
-    log_fold_summary(run_dir, summary, config, group=configs[0]["logger"]["group"])
+    group = fold_config(config, 0, plan)["logger"]["group"]
+    log_fold_summary(run_dir, summary, config, group=group)
     return {name: m["mean"] for name, m in summary["metrics"].items()}
 
 
@@ -247,10 +275,16 @@ def run_fold(config: dict[str, Any], fold_dir: Path) -> dict[str, float]:
         return finished_metrics(fold_dir) or metrics
 
 
-def take_over_folds(run_dir: Path, configs: list[dict[str, Any]], plan: FoldPlan) -> None:
+def take_over_folds(run_dir: Path, configs: dict[int, dict[str, Any]], plan: FoldPlan) -> None:
     """Move into ``run_dir`` the finished or interrupted folds of earlier failed trials with
-    the same parameters (a killed sweep's trial, retried), when their configs match."""
-    missing = [i for i in range(plan.k) if not (run_dir / f"fold_{i}").exists()]
+    the same parameters (a killed sweep's trial, retried), when their configs match; a
+    fold's folder may already hold its job's Hydra record, not yet a run."""
+    missing = [
+        i
+        for i in configs
+        if not (run_dir / f"fold_{i}" / "last.ckpt").is_file()
+        and not (run_dir / f"fold_{i}" / "metrics.json").is_file()
+    ]
     if not missing:
         return
     earlier = failed_attempts(plan.storage, plan.study_name, plan.trial)

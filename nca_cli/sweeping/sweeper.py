@@ -435,8 +435,13 @@ class OptunaSweeper(Sweeper):
                         storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
                     )
                     index = self.job_idx
-                    self.job_idx += 1
-                result = self._launch(overrides, index)
+                    folds = self._fold_jobs()
+                    self.job_idx += folds or 1
+                if folds:
+                    result = self._launch_folds(trial, overrides, index, workers.lock)
+                else:
+                    results = self._launch([overrides], index)
+                    result = None if results is None else results[0]
                 with workers.lock:
                     ran = workers.running.pop(trial.number, None)
                     if ran is None:
@@ -474,19 +479,78 @@ class OptunaSweeper(Sweeper):
         if workers.errors:
             raise workers.errors[0]
 
-    def _launch(self, overrides: list[str], index: int) -> JobReturn | None:
-        """Run one trial's job: its result, or None when the launcher itself failed (a
-        killed worker process)."""
+    def _launch(self, jobs: list[list[str]], index: int) -> list[JobReturn] | None:
+        """Run jobs (a trial, or folds of one): their results, or None when the launcher
+        itself failed (a killed worker process)."""
         assert self.config is not None
         try:
-            (result,) = self.launcher.launch([overrides], initial_job_idx=index)
+            return list(self.launcher.launch(jobs, initial_job_idx=index))
         except Exception as err:
             print(f"nca sweep: the launcher failed: {type(err).__name__}: {err}", file=sys.stderr)
             self.launch_error = f"{type(err).__name__}: {err}"
             return None
         finally:
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return result
+
+    def _fold_jobs(self) -> int:
+        """How many jobs a trial is: on a SLURM cluster every fold of a cross-validated
+        trial is a job of its own; elsewhere a trial is one job that trains its folds."""
+        return self.cv_k or 0 if self._on_slurm() else 0
+
+    def _launch_folds(
+        self, trial: optuna.Trial, overrides: list[str], index: int, lock: threading.Lock
+    ) -> JobReturn | None:
+        """Run a cross-validated trial as one job per fold (``cv.n_jobs`` folds at a time),
+        reporting the running mean of the objective after each batch of folds but the last
+        (the pruner may stop the trial there); the trial's result is the folds' summary,
+        or the first failed fold's."""
+        import optuna
+
+        from nca_cli.sweeping.cv import FoldPlan, finish_folds
+
+        assert self.cv_k is not None
+        run_dir = self.sweep_dir / str(trial.number)
+        subdir = f"hydra.sweep.subdir={trial.number}"
+        plan = FoldPlan(
+            k=self.cv_k,
+            n_jobs=self.cv_jobs,
+            metric=self.metric,
+            sweep_dir=self.sweep_dir,
+            storage=storage_url(self.storage, self.sweep_dir),
+            study_name=str(self.study_name),
+            trial=trial.number,
+        )
+        values: list[float] = []
+        for start in range(0, plan.k, plan.n_jobs):
+            batch = range(start, min(start + plan.n_jobs, plan.k))
+            jobs = [
+                [
+                    *(f"{subdir}/fold_{i}" if o == subdir else o for o in overrides),
+                    f"hydra.sweeper.cv.fold={i}",
+                ]
+                for i in batch
+            ]
+            results = self._launch(jobs, index + start)
+            if results is None:
+                return None
+            for i, result in zip(batch, results, strict=True):
+                if result.status != JobStatus.COMPLETED:
+                    return result
+                try:
+                    values.append(objective_value(result.return_value, self.metric))
+                except (TypeError, ValueError) as err:
+                    return JobReturn(status=JobStatus.FAILED, _return_value=err)
+                log.info("trial %d fold %d: %s %.6g", trial.number, i, self.metric, values[-1])
+            if batch[-1] < plan.k - 1:
+                trial.report(sum(values) / len(values), batch[-1])
+                if trial.should_prune():
+                    mean = sum(values) / len(values)
+                    pruned = optuna.TrialPruned(f"after fold {batch[-1]}: mean {mean:.6g}")
+                    return JobReturn(status=JobStatus.FAILED, _return_value=pruned)
+        with lock:  # composing is not shared between threads
+            config = self._training_config(overrides)
+        metrics = finish_folds(run_dir, config, plan)
+        return JobReturn(status=JobStatus.COMPLETED, _return_value=metrics)
 
     def _interrupt(self, study: optuna.Study, workers: _Workers) -> None:
         """Ctrl-C: the running trials are recorded failed, their SLURM jobs cancelled, and

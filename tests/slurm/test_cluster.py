@@ -338,3 +338,29 @@ def test_two_sweeps_on_one_study_share_it_without_losing_a_trial(
     folder = tmp_path / "outputs" / "sweep" / "shared"
     assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
     print(f"two sweeps (2 + 1 trials) on one study: {seconds:.0f} s")
+
+
+def test_a_cross_validated_sweep_trains_every_fold_in_its_own_job(
+    slurm_cluster, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    before = set(slurm_cluster.accounting())
+    args = ["sweep", "fire_rate=0.3,0.5", "cv.k=2", "study=cv", "n_jobs=2", "cv.n_jobs=2"]
+    data = ["task=shapes", "dataset.samples=30", "trainer=smoke", "trainer.iterations=20"]
+    out = nca(slurm_cluster, tmp_path, *args, *data, "logger=none", *launcher(slurm_cluster))
+    seconds = time.perf_counter() - start
+    assert out.returncode == 0, out.stdout + out.stderr
+    folder = tmp_path / "outputs" / "sweep" / "cv"
+    study = optuna.load_study(study_name="cv", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        summary = json.loads((folder / str(trial.number) / "summary.json").read_text())
+        values = summary["metrics"]["dice"]["values"]
+        assert len(values) == 2 and trial.value == sum(values) / 2
+        assert (folder / str(trial.number) / "folds.png").is_file()
+        for fold in range(2):
+            assert (folder / str(trial.number) / f"fold_{fold}" / "metrics.json").is_file()
+    assert "best trial" in out.stdout.lower(), out.stdout
+    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    assert len(jobs) == 4 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
+    print(f"cross-validated sweep, 2 trials x 2 folds as SLURM jobs: {seconds:.0f} s")
