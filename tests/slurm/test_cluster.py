@@ -1,5 +1,6 @@
-"""Sweeps on a real one-node SLURM cluster (the ``slurm_cluster`` fixture), submitted through
-Hydra's submitit launcher as a user would, with the preset ``hydra/launcher=slurm``."""
+"""Sweeps, cross-validated sweeps and k-folds on a real one-node SLURM cluster (the
+``slurm_cluster`` fixture), submitted through Hydra's submitit launcher as a user would,
+with the preset ``hydra/launcher=slurm``; cancelled, timed-out and interrupted jobs."""
 
 from __future__ import annotations
 
@@ -45,43 +46,6 @@ def test_the_cluster_runs_and_accounts_for_jobs(slurm_cluster) -> None:  # type:
             break
         time.sleep(1)
     assert states.get(ok) == "COMPLETED" and states.get(slow, "").startswith("CANCELLED"), states
-
-
-def test_a_sweep_runs_its_trials_as_slurm_jobs(slurm_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    before = set(slurm_cluster.accounting())
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nca_cli",
-            "sweep",
-            "search=lr",
-            "study=cluster",
-            "n_trials=2",
-            "n_jobs=2",
-            *SMOKE,
-            *launcher(slurm_cluster),
-        ],
-        cwd=tmp_path,
-        env={**slurm_cluster.env, "NCA_OUTPUT_DIR": str(tmp_path / "outputs")},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    seconds = time.perf_counter() - start
-    assert out.returncode == 0, out.stdout + out.stderr
-    folder = tmp_path / "outputs" / "sweep" / "cluster"
-    study = optuna.load_study(study_name="cluster", storage=f"sqlite:///{folder / 'optuna.db'}")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
-    for trial in study.trials:
-        assert (folder / str(trial.number) / "metrics.json").is_file()
-    with (folder / "trials.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 2
-    assert "best trial" in out.stdout.lower(), out.stdout
-    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
-    assert len(jobs) == 2 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
-    print(f"sweep of 2 trials as SLURM jobs: {seconds:.0f} s")
 
 
 def test_a_cancelled_trial_fails_with_its_reason_and_is_resumed_when_retried(
@@ -157,7 +121,7 @@ def test_the_readme_cluster_command_runs_on_the_test_cluster(
         "hydra.launcher.partition": slurm_cluster.partition,
         "hydra.launcher.account": slurm_cluster.account,
         "hydra.launcher.setup": f"[source {sys.prefix}/bin/activate]",
-        "n_trials": "2",
+        "n_trials": "4",
         "n_jobs": "2",
         "device": "cpu",
         "hydra.launcher.cpus_per_task": "1",
@@ -168,6 +132,7 @@ def test_the_readme_cluster_command_runs_on_the_test_cluster(
     argv = [f"{k}={site[k]}" if k in site else a for k, a in given.items()]
     env = {**slurm_cluster.env, "NCA_OPTUNA_STORAGE": postgres, "NCA_OUTPUT_DIR": str(tmp_path)}
     before = set(slurm_cluster.accounting())
+    start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "nca_cli", "sweep", *argv, *SMOKE],
         cwd=tmp_path,
@@ -176,11 +141,19 @@ def test_the_readme_cluster_command_runs_on_the_test_cluster(
         text=True,
         timeout=600,
     )
+    seconds = time.perf_counter() - start
     assert out.returncode == 0, out.stdout + out.stderr
     study = optuna.load_study(study_name="lr-cluster", storage=postgres)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    folder = tmp_path / "sweep" / "lr-cluster"
+    for trial in study.trials:
+        assert (folder / str(trial.number) / "metrics.json").is_file()
+    with (folder / "trials.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert "best trial" in out.stdout.lower(), out.stdout  # the submitting process's summary
     jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
-    assert len(jobs) == 2 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
+    assert len(jobs) == 4 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
+    assert {t.user_attrs["slurm_job"] for t in study.trials} == set(jobs)
     scripts = list((tmp_path / "sweep" / "lr-cluster" / ".submitit").rglob("*_submission.sh"))
     script = scripts[0].read_text()
     for line in (
@@ -191,6 +164,7 @@ def test_the_readme_cluster_command_runs_on_the_test_cluster(
         f"source {sys.prefix}/bin/activate",
     ):
         assert line in script, script
+    print(f"the README's sweep, 4 trials 2 at a time as SLURM jobs: {seconds:.0f} s")
 
 
 def test_ctrl_c_cancels_the_sweeps_jobs_and_keeps_the_study_consistent(
@@ -300,7 +274,7 @@ def test_kfold_trains_every_fold_in_its_own_job(slurm_cluster, tmp_path: Path) -
     assert (folder / "folds.png").is_file()
     jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
     assert len(jobs) == 3 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
-    for i in range(3):  # each fold's log names the job that trained it
+    for i in range(3):  # three jobs, three finished folds
         assert (folder / f"fold_{i}" / "metrics.json").is_file()
     print(f"kfold k=3 as SLURM jobs: {seconds:.0f} s; sacct: {jobs}")
 
