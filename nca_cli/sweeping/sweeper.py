@@ -1,6 +1,7 @@
 """The Optuna sweeper: asks the study for trials, launches them through the configured
 Hydra launcher (in this process, ``joblib`` for local parallel jobs, ``submitit_slurm`` for
-a cluster), and tells the study how each one ended.
+a cluster), and tells the study how each one ended. ``n_jobs`` workers each start the next
+trial as soon as their own has ended, so no trial waits for a slower one.
 
 A trial is an ordinary training run in ``<sweep dir>/<trial number>/``; its job receives
 ``hydra.sweeper.trial`` so that it can report intermediate values (and be pruned) itself.
