@@ -17,8 +17,9 @@ the reference step for any other), and differ in how:
 - a perception with a per-cell form (convolutions, Sobel: ``Perception.at_cells``) is
   computed at the selected cells only, from their gathered neighbourhoods, forward and
   backward, when they are few (``GATHER_SHARE``); else on the whole grid.
-- the Sobel perception (zero padding) is computed per filter, the identity for free, with a
-  hand-written adjoint; the first layer's columns are permuted to this filter-major order.
+- the Sobel perception (zero or circular padding) is computed per filter, the identity for
+  free, with a hand-written adjoint; the first layer's columns are permuted to this
+  filter-major order.
   Storing its feature rows (about 1.5 states per step at fire rate 0.5) instead of the state
   (one) saves recomputing them: 5% of a training iteration for 3% more memory.
 - a rollout of cheap perceptions is one autograd node (:class:`FusedRollout`): the weights
@@ -207,11 +208,15 @@ def _dilate(nca: StepModel, mask: Tensor) -> Tensor:
     return max3x3(pad(mask.to(torch.float32), 1, nca.padding)) > 0
 
 
+SOBEL_PADDINGS = ("zeros", "circular")  # those whose adjoint the fast path writes itself
+
+
 def _sobel_order(nca: StepModel) -> Tensor | None:
-    """For a zero-padded Sobel perception, the feature order of the fast path (its column
-    ``f * C + c`` is the module's column ``order[f * C + c]``), else None."""
+    """For a Sobel perception padded with zeros or circularly, the feature order of the
+    fast path (its column ``f * C + c`` is the module's column ``order[f * C + c]``), else
+    None."""
     p = nca.perception
-    if not isinstance(p, SobelPerception) or p.padding != "zeros":
+    if not isinstance(p, SobelPerception) or p.padding not in SOBEL_PADDINGS:
         return None
     return p.order
 
@@ -258,14 +263,17 @@ class StepPlan:
         self.native_alive = native if self.alive else None
         self.native_sobel = native if self.perm is not None else None
         self.alive_args = (nca.alive_channel, nca.alive_threshold, nca.alive_pool, nca.padding)
+        # a Sobel perception on a grid that wraps around
+        self.circular = self.perm is not None and nca.perception.padding == "circular"
         if self.perm is not None:
             kernel: Tensor = nca.perception.kernel_filter_major  # type: ignore[assignment]
             c = nca.layout.channels
             self.filters = [kernel[f * c : (f + 1) * c] for f in range(kernel.shape[0] // c)]
-            # The adjoint of a zero-padded correlation: the correlation with the kernel
-            # turned by 180 degrees (oneDNN's is faster than its transposed convolution),
-            # for all filters but the identity at once: one gather and one wide depthwise
-            # convolution take 0.64x the time of a gather and a convolution per filter.
+            # The adjoint of a zero-padded (circular) correlation: the zero-padded (circular)
+            # correlation with the kernel turned by 180 degrees (oneDNN's is faster than its
+            # transposed convolution), for all filters but the identity at once: one gather
+            # and one wide depthwise convolution take 0.64x the time of a gather and a
+            # convolution per filter.
             self.adjoint = torch.cat([k.flip(-2, -1) for k in self.filters[1:]])
             # For the native operators: (filter, 3x3 tap, channel), channels innermost.
             self.taps = torch.stack([k.reshape(c, 9).t() for k in self.filters[1:]]).contiguous()
@@ -349,10 +357,12 @@ class StepPlan:
         shape = (b * h * w if idx is None else idx.numel(), len(self.filters) * c)
         out = x.new_empty(shape) if arena is None else arena.empty(shape, x.dtype)
         if self.native_sobel is not None:
-            self.native_sobel.sobel_rows(x, self.taps, idx, out)
+            self.native_sobel.sobel_rows(x, self.taps, idx, self.circular, out)
             return out
+        padded = pad(x, 1, "circular") if self.circular else x
+        margin = 0 if self.circular else 1
         for f, kernel in enumerate(self.filters):
-            part = x_rows if f == 0 else rows(F.conv2d(x, kernel, None, 1, 1, 1, c))
+            part = x_rows if f == 0 else rows(F.conv2d(padded, kernel, None, 1, margin, 1, c))
             if idx is None:
                 out[:, f * c : (f + 1) * c] = part
             else:
@@ -368,14 +378,18 @@ class StepPlan:
         zero first row when rows were selected, ``inv`` the cells' rows) and one depthwise
         convolution with the turned filters."""
         if self.native_sobel is not None:
-            self.native_sobel.sobel_adjoint(grad_rows, self.taps, idx, grad_x.permute(0, 3, 1, 2))
+            grad_state = grad_x.permute(0, 3, 1, 2)
+            self.native_sobel.sobel_adjoint(grad_rows, self.taps, idx, self.circular, grad_state)
             return
         b, h, w, c = grad_x.shape
         out = grad_x.view(-1, c)
         out += _scatter(grad_rows[:, :c], inv)  # the identity
         k = self.adjoint.shape[0]
         grad_f = _scatter(grad_rows[:, c:], inv).view(b, h, w, k).permute(0, 3, 1, 2)
-        turned = rows(F.conv2d(grad_f, self.adjoint, None, 1, 1, 1, k))
+        if self.circular:
+            turned = rows(F.conv2d(pad(grad_f, 1, "circular"), self.adjoint, None, 1, 0, 1, k))
+        else:
+            turned = rows(F.conv2d(grad_f, self.adjoint, None, 1, 1, 1, k))
         for f in range(0, k, c):
             out += turned[:, f : f + c]
 

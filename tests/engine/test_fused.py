@@ -132,6 +132,20 @@ def test_fast_step_matches_reference_with_options(perception: str, options: dict
     assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
 
 
+@pytest.mark.parametrize("fire_rate", [0.5, 1.0])
+def test_circular_sobel_takes_the_hand_written_adjoint_and_matches_reference(
+    fire_rate: float, operators: str
+) -> None:
+    """A grid that wraps around (the NCA review's recipes): the Sobel perception's fast
+    path, natively and with tensor operations, with the reference's values and gradients;
+    a small grid, so that many cells sit on the border."""
+    nca = make_nca(PERCEPTIONS["sobel"], padding="circular", fire_rate=fire_rate)
+    assert StepPlan(nca, recompute=True).perm is not None
+    x0 = state(height=5, width=6, dead=0.2)
+    assert_same(run(nca, x0, 4, fast=True), run(nca, x0, 4, fast=False))
+    assert_same(run(nca, x0, 3, True, grad_x=False), run(nca, x0, 3, False, grad_x=False))
+
+
 @pytest.mark.parametrize("fixed", [0, 1])
 @pytest.mark.parametrize("perception", ["sobel", "conv", "dilated"])
 def test_fast_step_matches_reference_without_alive_pooling(perception: str, fixed: int) -> None:
@@ -215,14 +229,15 @@ def test_native_operators_serve_float32_and_float64_only() -> None:
 
 
 @needs_compiler
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("channels", [5, 6, 12, 16, 20, 24, 32, 48])
 def test_native_sobel_matches_convolutions_for_any_channel_count(
-    channels: int, dtype: torch.dtype
+    channels: int, dtype: torch.dtype, padding: str
 ) -> None:
-    """The native Sobel rows are depthwise correlations (zero padding) at the selected cells,
-    and their adjoint is autograd's gradient, for channel counts that take every vector
-    width of the kernels (1 to 16 values, fixed or read at run time)."""
+    """The native Sobel rows are depthwise correlations (zero or circular padding) at the
+    selected cells, and their adjoint is autograd's gradient, for channel counts that take
+    every vector width of the kernels (1 to 16 values, fixed or read at run time)."""
     ops = native.ops()
     assert ops is not None
     g = torch.Generator().manual_seed(0)
@@ -231,17 +246,20 @@ def test_native_sobel_matches_convolutions_for_any_channel_count(
     taps = torch.randn(2, 9, channels, generator=g, dtype=dtype)
     idx = torch.randperm(x[:, 0].numel(), generator=g)[:50].sort().values
     kernels = [t.t().reshape(channels, 1, 3, 3) for t in taps]
-    features = torch.cat([x, *(F.conv2d(x, k, padding=1, groups=channels) for k in kernels)], 1)
+    padded = F.pad(x, (1, 1, 1, 1), mode="circular" if padding == "circular" else "constant")
+    convolved = (F.conv2d(padded, k, groups=channels) for k in kernels)
+    features = torch.cat([x, *convolved], 1)
     expected = features.permute(0, 2, 3, 1).reshape(-1, 3 * channels)[idx]
     out = torch.empty_like(expected)
-    ops.sobel_rows(x.detach(), taps, idx, out)
+    circular = padding == "circular"
+    ops.sobel_rows(x.detach(), taps, idx, circular, out)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
     torch.testing.assert_close(out, expected.detach(), **tol)
 
     grad_rows = torch.randn(expected.shape, generator=g, dtype=dtype)
     (expected * grad_rows).sum().backward()
     grad_x = torch.zeros_like(x).contiguous(memory_format=torch.channels_last)
-    ops.sobel_adjoint(grad_rows, taps, idx, grad_x)
+    ops.sobel_adjoint(grad_rows, taps, idx, circular, grad_x)
     torch.testing.assert_close(grad_x, x.grad, **tol)
 
 

@@ -3,7 +3,8 @@
 // channel vectors of its 3x3 neighbourhood, which are contiguous in a channels-last state.
 // The tensor-operation version (StepPlan._sobel_rows and _sobel_adjoint in
 // nca_cli/engine/fused.py) convolves the whole grid and then gathers or scatters the rows,
-// passing over the data three times. Zero padding: cells beyond the border contribute 0.
+// passing over the data three times. Zero padding: cells beyond the border contribute 0;
+// circular padding: the grid wraps around (each batch element's plane on its own).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -19,13 +20,14 @@ namespace {
 
 struct Grid {
   int64_t batch, height, width, channels, filters, rows;
+  bool circular;
 };
 
 // The shapes, checked: x or grad_x (B, C, H, W) channels-last contiguous, rows (n, F * C)
 // contiguous, taps (F - 1, 9, C) contiguous (filter, 3x3 tap in row-major order, channel),
 // idx (n) int64 or none (every cell, in order).
 Grid check(const Tensor& state, const Tensor& rows, const Tensor& taps,
-           const std::optional<Tensor>& idx, const char* op) {
+           const std::optional<Tensor>& idx, bool circular, const char* op) {
   TORCH_CHECK(state.dim() == 4 && state.is_contiguous(at::MemoryFormat::ChannelsLast),
               op, ": the state must be (B, C, H, W) channels-last contiguous");
   const int64_t c = state.size(1);
@@ -45,7 +47,7 @@ Grid check(const Tensor& state, const Tensor& rows, const Tensor& taps,
   } else {
     TORCH_CHECK(rows.size(0) == cells, op, ": without idx, one row per cell");
   }
-  return {state.size(0), state.size(2), state.size(3), c, f, rows.size(0)};
+  return {state.size(0), state.size(2), state.size(3), c, f, rows.size(0), circular};
 }
 
 // Where cell sits: its row i and column j in its plane, and whether all 8 neighbours exist.
@@ -62,6 +64,12 @@ struct Cell {
     const int64_t di = t / 3 - 1, dj = t % 3 - 1;
     return i + di >= 0 && i + di < g.height && j + dj >= 0 && j + dj < g.width;
   }
+  // The offset in cells of tap t's neighbour in a grid that wraps around.
+  int64_t wrapped(const Grid& g, int t) const {
+    const int64_t ni = (i + t / 3 - 1 + g.height) % g.height;
+    const int64_t nj = (j + t % 3 - 1 + g.width) % g.width;
+    return (ni - i) * g.width + (nj - j);
+  }
 };
 
 // fn(r, cell, at) for every selected row r: its cell, and where that sits.
@@ -73,17 +81,27 @@ inline void for_rows(const Grid& g, const int64_t* cell_of, Fn&& fn) {
   }
 }
 
-// fn(t) for the 3x3 taps t (row-major) of the cell's neighbours that exist. Cells off the
-// border (most of them) take a loop without bounds checks, unrolled: constant offsets.
+// The offset of tap t's neighbour from the cell, in values.
+inline int64_t offset(const Grid& g, int t) {
+  return ((t / 3 - 1) * g.width + (t % 3 - 1)) * g.channels;
+}
+
+// fn(t, offset) for the 3x3 taps t (row-major) of the cell's neighbours that exist (all of
+// them, wrapped, when the grid is circular), with the neighbour's offset in values. Cells
+// off the border (most of them) take a loop without bounds checks, unrolled.
 template <typename Fn>
 inline void for_taps(const Grid& g, const Cell& at, Fn&& fn) {
   if (at.inner) {
 #pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) fn(t);
+    for (int t = 0; t < 9; ++t) fn(t, offset(g, t));
     return;
   }
   for (int t = 0; t < 9; ++t) {
-    if (at.has(g, t)) fn(t);
+    if (g.circular) {
+      fn(t, at.wrapped(g, t) * g.channels);
+    } else if (at.has(g, t)) {
+      fn(t, offset(g, t));
+    }
   }
 }
 
@@ -112,11 +130,6 @@ inline void store(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// The offset of tap t's neighbour from the cell, in values.
-inline int64_t offset(const Grid& g, int t) {
-  return ((t / 3 - 1) * g.width + (t % 3 - 1)) * g.channels;
-}
-
 // The kernels take the channel count C as a template argument where it is a common one
 // (their channel loops then have constant trip counts), else 0: read from the grid. They
 // process the channels in vectors of L values (L divides C).
@@ -136,8 +149,8 @@ struct Rows {
         const T* w = k + (f - 1) * 9 * c;
         for (int64_t q = 0; q < c; q += L) {
           V acc{};
-          for_taps(g, at, [&](int t) {
-            acc += load<T, L>(w + t * c + q) * load<T, L>(centre + offset(g, t) + q);
+          for_taps(g, at, [&](int t, int64_t off) {
+            acc += load<T, L>(w + t * c + q) * load<T, L>(centre + off + q);
           });
           store(row + f * c + q, acc);
         }
@@ -160,8 +173,8 @@ struct Adjoint {
       for (int64_t q = 0; q < c; q += L) {
         store(centre + q, load<T, L>(centre + q) + load<T, L>(row + q));
       }
-      for_taps(g, at, [&](int t) {
-        T* nb = centre + offset(g, t);
+      for_taps(g, at, [&](int t, int64_t off) {
+        T* nb = centre + off;
         for (int64_t q = 0; q < c; q += L) {
           V sum = load<T, L>(nb + q);
           for (int64_t f = 1; f < g.filters; ++f) {
@@ -206,21 +219,23 @@ void launch(const Grid& g, const Tensor& src, const Tensor& taps, const std::opt
 }
 
 void sobel_rows(const Tensor& x, const Tensor& taps, const std::optional<Tensor>& idx,
-                const Tensor& out) {
-  launch<Rows>(check(x, out, taps, idx, "sobel_rows"), x, taps, idx, out);
+                bool circular, const Tensor& out) {
+  launch<Rows>(check(x, out, taps, idx, circular, "sobel_rows"), x, taps, idx, out);
 }
 
 void sobel_adjoint(const Tensor& grad_rows, const Tensor& taps, const std::optional<Tensor>& idx,
-                   const Tensor& grad_x) {
-  launch<Adjoint>(check(grad_x, grad_rows, taps, idx, "sobel_adjoint"), grad_rows, taps, idx,
-                  grad_x);
+                   bool circular, const Tensor& grad_x) {
+  launch<Adjoint>(check(grad_x, grad_rows, taps, idx, circular, "sobel_adjoint"), grad_rows,
+                  taps, idx, grad_x);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nca, m) {
-  m.def("sobel_rows(Tensor x, Tensor taps, Tensor? idx, Tensor(a!) out) -> ()");
-  m.def("sobel_adjoint(Tensor grad_rows, Tensor taps, Tensor? idx, Tensor(a!) grad_x) -> ()");
+  m.def("sobel_rows(Tensor x, Tensor taps, Tensor? idx, bool circular, Tensor(a!) out) -> ()");
+  m.def(
+      "sobel_adjoint(Tensor grad_rows, Tensor taps, Tensor? idx, bool circular, "
+      "Tensor(a!) grad_x) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(nca, CPU, m) {
