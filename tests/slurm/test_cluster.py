@@ -32,6 +32,19 @@ def launcher(cluster) -> list[str]:  # type: ignore[no-untyped-def]
     ]
 
 
+def new_jobs(cluster, before: set[str], count: int, state: str) -> dict[str, dict[str, str]]:  # type: ignore[no-untyped-def]
+    """``sacct``'s view of the jobs submitted since ``before``, once ``count`` of them are
+    recorded in ``state`` (slurmdbd records a job a moment after slurmctld ends it), or
+    what it shows after a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        jobs = {k: v for k, v in cluster.accounting().items() if k not in before}
+        settled = sum(v["state"].startswith(state) for v in jobs.values()) >= count
+        if settled or time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.5)
+
+
 def test_the_cluster_runs_and_accounts_for_jobs(slurm_cluster) -> None:  # type: ignore[no-untyped-def]
     output = f"--output={slurm_cluster.root / 'log' / '%j.out'}"
     ok = slurm_cluster.run("sbatch", "--parsable", output, "--wrap", "true").strip()
@@ -151,7 +164,7 @@ def test_the_readme_cluster_command_runs_on_the_test_cluster(
     with (folder / "trials.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 4
     assert "best trial" in out.stdout.lower(), out.stdout  # the submitting process's summary
-    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    jobs = new_jobs(slurm_cluster, before, 4, "COMPLETED")
     assert len(jobs) == 4 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
     assert {t.user_attrs["slurm_job"] for t in study.trials} == set(jobs)
     scripts = list((tmp_path / "sweep" / "lr-cluster" / ".submitit").rglob("*_submission.sh"))
@@ -204,7 +217,7 @@ def test_ctrl_c_cancels_the_sweeps_jobs_and_keeps_the_study_consistent(
     deadline = time.monotonic() + 60
     while slurm_cluster.run("squeue", "-h", "-o", "%i").split() and time.monotonic() < deadline:
         time.sleep(0.5)
-    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    jobs = new_jobs(slurm_cluster, before, 2, "CANCELLED")
     assert jobs and all(v["state"].startswith("CANCELLED") for v in jobs.values()), jobs
     folder = tmp_path / "outputs" / "sweep" / "interrupted"
     study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{folder / 'optuna.db'}")
@@ -272,7 +285,7 @@ def test_kfold_trains_every_fold_in_its_own_job(slurm_cluster, tmp_path: Path) -
     summary = json.loads((folder / "summary.json").read_text())
     assert len(summary["metrics"]["dice"]["values"]) == 3
     assert (folder / "folds.png").is_file()
-    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    jobs = new_jobs(slurm_cluster, before, 3, "COMPLETED")
     assert len(jobs) == 3 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
     for i in range(3):  # three jobs, three finished folds
         assert (folder / f"fold_{i}" / "metrics.json").is_file()
@@ -335,6 +348,6 @@ def test_a_cross_validated_sweep_trains_every_fold_in_its_own_job(
         for fold in range(2):
             assert (folder / str(trial.number) / f"fold_{fold}" / "metrics.json").is_file()
     assert "best trial" in out.stdout.lower(), out.stdout
-    jobs = {k: v for k, v in slurm_cluster.accounting().items() if k not in before}
+    jobs = new_jobs(slurm_cluster, before, 4, "COMPLETED")
     assert len(jobs) == 4 and {v["state"] for v in jobs.values()} == {"COMPLETED"}, jobs
     print(f"cross-validated sweep, 2 trials x 2 folds as SLURM jobs: {seconds:.0f} s")
