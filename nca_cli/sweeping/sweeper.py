@@ -487,6 +487,8 @@ class OptunaSweeper(Sweeper):
         try:
             return list(self.launcher.launch(jobs, initial_job_idx=index))
         except Exception as err:
+            if _slurm_state(err):  # SLURM ended a job before it wrote a result
+                return [JobReturn(status=JobStatus.FAILED, _return_value=err) for _ in jobs]
             print(f"nca sweep: the launcher failed: {type(err).__name__}: {err}", file=sys.stderr)
             self.launch_error = f"{type(err).__name__}: {err}"
             return None
@@ -622,7 +624,17 @@ class OptunaSweeper(Sweeper):
                 f"{_stopped_job(job)}: {stopped}; running the study again continues it",
             )
             return "failed"
-        if type(value).__name__ == "UncompletedJobError" and "timed-out" in str(value):
+        state = _slurm_state(value)
+        if state and state != "TIMEOUT":
+            self._fail(
+                study,
+                trial,
+                f"its SLURM job{f' {job}' if job else ''} ended {state} before it wrote a "
+                f"result (submitit: {value}); running the study again continues it from its "
+                "last checkpoint",
+            )
+            return "failed"
+        if state:
             assert self.config is not None
             limit = self.config.hydra.launcher.get("timeout_min")
             self._fail(
@@ -744,6 +756,20 @@ class _Workers:
     ends: list[str] = field(default_factory=list)  # complete / pruned / failed
     returns: list[JobReturn] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+
+
+def _slurm_state(value: object) -> str:
+    """How SLURM ended a job that submitit reports without a result (``TIMEOUT``,
+    ``CANCELLED by 0``, ...; ``TIMEOUT`` when it was requeued too often after its
+    pre-timeout signal), or "" for anything else."""
+    import re
+
+    if type(value).__name__ != "UncompletedJobError":
+        return ""
+    if "timed-out" in str(value):
+        return "TIMEOUT"
+    found = re.search(r"\(state: ([A-Z_]+(?: by \S+)?)\)", str(value))
+    return found.group(1) if found else ""
 
 
 def _stopped_job(job: str | None) -> str:
