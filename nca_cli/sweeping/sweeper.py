@@ -108,7 +108,6 @@ class OptunaSweeper(Sweeper):
         self.launcher: Any = None
         self.sweep_dir = Path(".")
         self.job_idx = 0
-        self.launch_error = ""
         self.tried: set[tuple[Any, ...]] = set()  # grid points asked by this invocation
 
     # -- Hydra's interface ---------------------------------------------------------------
@@ -438,17 +437,21 @@ class OptunaSweeper(Sweeper):
                     index = self.job_idx
                     folds = self._fold_jobs()
                     self.job_idx += folds or 1
-                if folds:
-                    result = self._launch_folds(trial, overrides, index, workers.lock)
-                else:
-                    results = self._launch([overrides], index)
-                    result = None if results is None else results[0]
+                result: JobReturn | None = None
+                launch_error = ""
+                try:
+                    if folds:
+                        result = self._launch_folds(trial, overrides, index, workers.lock)
+                    else:
+                        result = self._launch([overrides], index)[0]
+                except _LauncherFailed as failed:
+                    launch_error = str(failed)
                 with workers.lock:
                     ran = workers.running.pop(trial.number, None)
                     if ran is None:
                         return  # the sweep was interrupted and has recorded it
                     if result is None:  # the launcher failed: judge it from its folder
-                        end = self._recover(study, trial)
+                        end = self._recover(study, trial, launch_error)
                     else:
                         job = storage.get_trial(ran[1]).user_attrs.get("slurm_job")
                         end = self._tell(study, trial, result, job)
@@ -480,9 +483,9 @@ class OptunaSweeper(Sweeper):
         if workers.errors:
             raise workers.errors[0]
 
-    def _launch(self, jobs: list[list[str]], index: int) -> list[JobReturn] | None:
-        """Run jobs (a trial, or folds of one): their results, or None when the launcher
-        itself failed (a killed worker process)."""
+    def _launch(self, jobs: list[list[str]], index: int) -> list[JobReturn]:
+        """Run jobs (a trial, or folds of one): their results; raises ``_LauncherFailed``
+        when the launcher itself failed (a killed worker process)."""
         assert self.config is not None
         try:
             return list(self.launcher.launch(jobs, initial_job_idx=index))
@@ -490,19 +493,18 @@ class OptunaSweeper(Sweeper):
             if _slurm_state(err):  # SLURM ended a job before it wrote a result
                 return [JobReturn(status=JobStatus.FAILED, _return_value=err) for _ in jobs]
             print(f"nca sweep: the launcher failed: {type(err).__name__}: {err}", file=sys.stderr)
-            self.launch_error = f"{type(err).__name__}: {err}"
-            return None
+            raise _LauncherFailed(f"{type(err).__name__}: {err}") from err
         finally:
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
     def _fold_jobs(self) -> int:
         """How many jobs a trial is: on a SLURM cluster every fold of a cross-validated
         trial is a job of its own; elsewhere a trial is one job that trains its folds."""
-        return self.cv_k or 0 if self._on_slurm() else 0
+        return (self.cv_k or 0) if self._on_slurm() else 0
 
     def _launch_folds(
         self, trial: optuna.Trial, overrides: list[str], index: int, lock: threading.Lock
-    ) -> JobReturn | None:
+    ) -> JobReturn:
         """Run a cross-validated trial as one job per fold (``cv.n_jobs`` folds at a time),
         reporting the running mean of the objective after each batch of folds but the last
         (the pruner may stop the trial there); the trial's result is the folds' summary,
@@ -534,8 +536,6 @@ class OptunaSweeper(Sweeper):
                 for i in batch
             ]
             results = self._launch(jobs, index + start)
-            if results is None:
-                return None
             for i, result in zip(batch, results, strict=True):
                 if result.status != JobStatus.COMPLETED:
                     return result
@@ -545,9 +545,9 @@ class OptunaSweeper(Sweeper):
                     return JobReturn(status=JobStatus.FAILED, _return_value=err)
                 log.info("trial %d fold %d: %s %.6g", trial.number, i, self.metric, values[-1])
             if batch[-1] < plan.k - 1:
-                trial.report(sum(values) / len(values), batch[-1])
+                mean = sum(values) / len(values)
+                trial.report(mean, batch[-1])
                 if trial.should_prune():
-                    mean = sum(values) / len(values)
                     pruned = optuna.TrialPruned(f"after fold {batch[-1]}: mean {mean:.6g}")
                     return JobReturn(status=JobStatus.FAILED, _return_value=pruned)
         with lock:  # composing is not shared between threads
@@ -668,7 +668,7 @@ class OptunaSweeper(Sweeper):
         study.tell(trial, state=TrialState.FAIL)
         print(f"[trial {trial.number}] failed: {error}", file=sys.stderr)
 
-    def _recover(self, study: optuna.Study, trial: optuna.Trial) -> str:
+    def _recover(self, study: optuna.Study, trial: optuna.Trial, launch_error: str) -> str:
         """A trial whose job result was lost counts as complete if its run finished (its
         folder holds the final metrics); else failed."""
         import json
@@ -681,7 +681,7 @@ class OptunaSweeper(Sweeper):
                 metrics = json.loads((run_dir / "metrics.json").read_text())
             objective = objective_value(metrics, self.metric)
         except (OSError, ValueError):
-            self._fail(study, trial, self.launch_error)
+            self._fail(study, trial, launch_error)
             return "failed"
         trial.set_user_attr("metrics", _numbers(metrics))
         spread = self._fold_attrs(trial)
@@ -741,6 +741,10 @@ class OptunaSweeper(Sweeper):
                 file=sys.stderr,
             )
             sys.exit(1)
+
+
+class _LauncherFailed(Exception):
+    """The launcher itself failed (a killed worker process), not a trial's job."""
 
 
 @dataclass
