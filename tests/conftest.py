@@ -1,5 +1,6 @@
-"""Test environment: W&B offline, outputs in a temporary folder, ../shared data; a real
-PostgreSQL server for the tests that share a study (sweeps, the SLURM cluster)."""
+"""Test environment: W&B offline, outputs in a temporary folder, ../shared data, Ctrl-C as
+in a terminal; a real PostgreSQL server for the tests that share a study (sweeps, the SLURM
+cluster)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,6 +20,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGINT handled as in an interactive shell, even when the tests run as a background
+    job (`&`, nohup), whose processes inherit it ignored: the commands the tests start (and
+    interrupt) then take Ctrl-C as a user's terminal would deliver it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -83,7 +83,7 @@ def plan(
     if not (budget > 0 and math.isfinite(budget)):
         raise ConfigError(f"invalid value for '--budget': {budget}; expected a number > 0")
     for line in extra:
-        key = line.split("=", 1)[0].lstrip("+~")
+        key = _key(line)
         if key in OWNED:
             raise ConfigError(f"the override {line!r} is not allowed: {OWNED[key]}")
     planned = []
@@ -110,10 +110,13 @@ def plan(
             if base.schedule.warmup:
                 scaling.append(f"trainer.schedule.warmup={scaled(base.schedule.warmup, budget)}")
         snapshots = [i for i in evaluated_at(spec, key) if i <= iterations]
+        # A scaled value replaces the recipe's own, so the command shows one value a key.
+        replaced = {_key(o) for o in scaling}
+        recipe_overrides = [o for o in run.overrides if _key(o) not in replaced]
         for seed in run.seeds:
             run_folder = folder / "runs" / key / f"seed{seed}"
             overrides = [
-                *run.overrides,
+                *recipe_overrides,
                 *extra,
                 *threads,
                 f"seed={seed}",
@@ -137,10 +140,16 @@ def plan(
     return planned
 
 
-def _results_shaping(overrides: list[str]) -> list[str]:
-    """The overrides that decide what a run computes: the thread count only decides how fast,
-    so a reproduction may resume on a machine with more or fewer cores."""
-    return [o for o in overrides if not o.startswith("threads=")]
+def _key(override: str) -> str:
+    """The config key an override sets (``+a.b=1`` and ``~a.b`` name ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _results_shaping(overrides: list[str]) -> dict[str, str]:
+    """The values the overrides set, the last one for a repeated key as Hydra applies them:
+    what decides what a run computes. The thread count only decides how fast, so a
+    reproduction may resume on a machine with more or fewer cores."""
+    return {_key(o): o for o in overrides if _key(o) != "threads"}
 
 
 def save_plan(folder: Path, spec: Reproduction, budget: float, runs: list[PlannedRun]) -> None:

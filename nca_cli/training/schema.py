@@ -85,10 +85,14 @@ class RegenCheckConfig:
     """A cheap run of the ``nca eval`` protocol during training, so every run logs LPIPS
     per stage and Recovery% (``regen/*``): ``samples`` rollouts perturbed by
     ``perturbation`` (a damage kind, or ``mutate``) every ``every`` iterations (0: only at
-    the end). Off in ``trainer=smoke``: loading LPIPS alone takes seconds."""
+    the end), a check being skipped while the last one took more than ``max_share`` of the
+    training time since it ended (0: never skipped), so that a costly protocol (long
+    rollouts, big grids) cannot double a run's time. Off in ``trainer=smoke``: loading
+    LPIPS alone takes seconds."""
 
     enabled: bool = True
     every: int = 0
+    max_share: float = 0.05
     samples: int = 2
     perturbation: str = "circle"
     steps: ProtocolSteps = field(default_factory=review_steps)
@@ -97,7 +101,7 @@ class RegenCheckConfig:
         if self.enabled:
             return {}
         why = "trainer.regen_check.enabled is false"
-        return dict.fromkeys(("every", "samples", "perturbation", "steps"), why)
+        return dict.fromkeys(("every", "max_share", "samples", "perturbation", "steps"), why)
 
 
 # Which weights a run trains: all; update (a learned perception stays as it was); last (the
@@ -207,6 +211,12 @@ def parse_run_config(cfg: Mapping[str, Any] | DictConfig) -> RunConfig:
     choice(t.trainable, list(TRAINABLE), "trainer.trainable")
     rc = t.regen_check
     require(rc.every >= 0, "trainer.regen_check.every", rc.every, "0 (at the end) or a period")
+    require(
+        0 <= rc.max_share < 1,
+        "trainer.regen_check.max_share",
+        rc.max_share,
+        "a share of the training time in [0, 1) (0: check every `every` iterations regardless)",
+    )
     require(rc.samples >= 1, "trainer.regen_check.samples", rc.samples, "an integer >= 1")
     choice(rc.perturbation, [*DAMAGE_KINDS, "mutate"], "trainer.regen_check.perturbation")
     validate_protocol_steps(rc.steps, "trainer.regen_check.steps")

@@ -78,10 +78,6 @@ class StepResult:
     state: Tensor  # the batch's final states, detached
 
 
-# The share of training time above which the regeneration checks are called too costly.
-REGEN_SHARE = 0.05
-
-
 def snapshot_name(iteration: int) -> str:
     """The file name of the checkpoint kept at ``iteration`` (``trainer.snapshots``)."""
     return f"iter_{iteration:06d}.ckpt"
@@ -129,8 +125,8 @@ class Trainer:
         self.saved_iteration: int | None = None  # of the checkpoint on disk
         self.writer = CheckpointWriter()
         self.regen_seconds = 0.0  # spent in regeneration checks in this session
-        self.regen_ended: float | None = None  # when the last check ended
-        self.regen_warned = False
+        self.regen_last: tuple[float, float] | None = None  # the last check's (end, seconds)
+        self.regen_skipped = False
         self.wandb_id: str | None = None
         self.history: list[float] = []
         # How often the steps' figures are read (and checked) at the latest: on an
@@ -380,31 +376,41 @@ class Trainer:
     def regen_check(self, logger: RunLogger, step: int) -> dict[str, float]:
         """The ``nca eval`` protocol on a few samples (``trainer.regen_check``), logged as
         ``regen/*`` and to regen.jsonl with its seconds; its own seeded generator leaves the
-        training's random stream alone. Warns once when a check costs more than 5% of the
-        training since the previous one (the first, which loads LPIPS, is not judged)."""
+        training's random stream alone."""
         cfg = self.run.trainer.regen_check
         start = time.perf_counter()
         values = regeneration_check(self.task, self.nca, cfg, self.run.seed, self.device)
         end = time.perf_counter()
         seconds = end - start
         self.regen_seconds += seconds
+        self.regen_last = (end, seconds)
         logger.metrics({f"regen/{k}": v for k, v in values.items()}, step=step)
         with (self.run_dir / "regen.jsonl").open("a") as f:
             f.write(json.dumps({"iteration": step, **values, "seconds": seconds}) + "\n")
-        previous, self.regen_ended = self.regen_ended, end
-        share = seconds / max(start - previous, 1e-9) if previous is not None else 0.0
-        if share > REGEN_SHARE and not self.regen_warned:
-            self.regen_warned = True
-            log.warning(
-                "a regeneration check took %.1f s, %.0f%% of the training time since the "
-                "previous one: raise trainer.regen_check.every (now %d) or lower "
-                "trainer.regen_check.samples (now %d)",
-                seconds,
-                100 * share,
-                cfg.every,
-                cfg.samples,
-            )
         return values
+
+    def regen_due(self, step: int) -> bool:
+        """Whether the periodic check at ``step`` runs: not while the last one took more
+        than ``trainer.regen_check.max_share`` of the training time since it ended (said
+        once in the log, with the settings that change it)."""
+        cfg = self.run.trainer.regen_check
+        if cfg.max_share == 0 or self.regen_last is None:
+            return True
+        end, seconds = self.regen_last
+        if seconds <= cfg.max_share * (time.perf_counter() - end):
+            return True
+        if not self.regen_skipped:
+            self.regen_skipped = True
+            log.info(
+                "regeneration check skipped at iteration %d: the last took %.1f s, more than "
+                "trainer.regen_check.max_share=%g of the training since; checks resume once "
+                "it is under that share (max_share=0 checks every %d iterations regardless)",
+                step,
+                seconds,
+                cfg.max_share,
+                cfg.every,
+            )
+        return False
 
     # -- the loop ------------------------------------------------------------------------
     def fit(
@@ -441,8 +447,12 @@ class Trainer:
                 logged = i % t.log_every == 0 or i == t.iterations
                 imaged = i % t.image_every == 0
                 saved = i % t.checkpoint_every == 0 or i == t.iterations or stopping
-                checked = (check.enabled and check.every > 0 and i % check.every == 0) and not (
-                    i == t.iterations or stopping
+                checked = (
+                    check.enabled
+                    and check.every > 0
+                    and i % check.every == 0
+                    and not (i == t.iterations or stopping)
+                    and self.regen_due(i)
                 )
                 snapshot = i in t.snapshots
                 busy = logged or imaged or saved or checked or snapshot

@@ -137,6 +137,27 @@ def test_regeneration_check_leaves_training_unchanged(trained: dict[str, Any]) -
     assert torch.equal(plain["rng"]["generator"], checked["rng"]["generator"])
 
 
+def test_a_check_costlier_than_its_share_of_training_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A check (LPIPS on 20-step rollouts) costs far more than 5% of a few smoke
+    iterations, so with the default share only the first and the final check run; with
+    ``max_share=0`` every one does."""
+    monkeypatch.setenv("TORCH_HOME", os.environ.get("TORCH_HOME", str(SHARED / "torch_home")))
+    every = [*SMOKE, *CHECK, "trainer.regen_check.every=1", "trainer.iterations=6"]
+    checked: dict[str, list[int]] = {}
+    for share in ("0", "0.05"):
+        run = tmp_path / share
+        with caplog.at_level("INFO", logger="nca_cli.training.trainer"):
+            train(compose([*every, f"trainer.regen_check.max_share={share}"]), run)
+        rows = (run / "regen.jsonl").read_text().splitlines()
+        checked[share] = [json.loads(r)["iteration"] for r in rows]
+    assert checked == {"0": [1, 2, 3, 4, 5, 6], "0.05": [1, 6]}
+    skipped = [r.getMessage() for r in caplog.records if "check skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "iteration 2" in skipped[0], skipped
+    assert "trainer.regen_check.max_share=0.05" in skipped[0]
+
+
 def nca_eval(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "nca_cli", "eval", *args],

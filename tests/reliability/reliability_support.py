@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ def nca(
     )
 
 
-def _as_in_a_terminal() -> None:
-    """SIGINT handled as in an interactive shell, even when the tests themselves run as a
-    background job (`&`, nohup), whose children inherit SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start(*args: str, cwd: Path, log: Path, env: dict[str, str] | None = None) -> Any:
     """``nca ARGS`` started in the background, its output going to ``log``."""
     out = log.open("w")
@@ -49,7 +42,6 @@ def start(*args: str, cwd: Path, log: Path, env: dict[str, str] | None = None) -
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_as_in_a_terminal,
     )
 
 

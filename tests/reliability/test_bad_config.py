@@ -52,6 +52,7 @@ def build(overrides: list[str]) -> None:
         ("lr=0", "trainer.optimizer.lr", "0", "positive"),
         ("lr=-1e-3", "trainer.optimizer.lr", "-0.001", "positive"),
         ("trainer.batch_size=0", "trainer.batch_size", "0", "positive"),
+        ("trainer.regen_check.max_share=1", "trainer.regen_check.max_share", "1", "[0, 1)"),
         ("trainer.iterations=abc", "trainer.iterations", "abc", "an integer"),
         ("trainer.steps=3", "trainer.steps", "3", "min, max"),
         ("model.hidden=abc", "model.hidden", "abc", "a list of integers"),

@@ -101,6 +101,11 @@ def test_budget_scales_iterations_milestones_and_warmup(tmp_path: Path) -> None:
     assert "trainer.snapshots=[1000,2000,5000,10000]" in notebook.overrides
     review = plan(specs.load("mnist-review"), tmp_path, 0.1, [], 1)[0]
     assert "trainer.schedule.warmup=500" in review.overrides
+    # ganca's recipe sets its own iterations: the scaled value replaces it in the command.
+    adversarial = plan(specs.load("ganca"), tmp_path, 0.2, [], 1)[1]
+    assert [o for o in adversarial.overrides if o.startswith("trainer.iterations=")] == [
+        "trainer.iterations=2000"
+    ]
     with pytest.raises(ConfigError, match="--budget"):
         plan(specs.load("mnist-review"), tmp_path, 0.0, [], 1)
 
@@ -130,6 +135,26 @@ def test_a_folder_resumes_with_another_thread_count(tmp_path: Path) -> None:
     assert all("threads=2" in run["overrides"] for run in saved["runs"])
     with pytest.raises(ConfigError, match="other overrides"):
         save_plan(tmp_path, spec, 1.0, plan(spec, tmp_path, 1.0, ["threads=2", "lr=0.1"], 1))
+
+
+def test_a_folder_whose_plan_repeats_a_key_resumes_with_the_value_that_won(
+    tmp_path: Path,
+) -> None:
+    """Earlier plans kept the recipe's own iterations before the scaled ones; Hydra applied
+    the last, so the folder resumes under a plan that lists only that one."""
+    spec = specs.load("ganca")
+    runs = plan(spec, tmp_path, 0.2, [], 1)
+    save_plan(tmp_path, spec, 0.2, runs)
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    for run in saved["runs"]:
+        run["overrides"].insert(1, "trainer.iterations=10000")
+    (tmp_path / "plan.json").write_text(json.dumps(saved))
+    save_plan(tmp_path, spec, 0.2, runs)
+    for run in saved["runs"]:
+        run["overrides"].append("trainer.iterations=10000")  # this one would have won
+    (tmp_path / "plan.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="other overrides"):
+        save_plan(tmp_path, spec, 0.2, runs)
 
 
 def test_an_override_no_run_reads_is_refused_before_any_training(tmp_path: Path) -> None:
@@ -194,19 +219,12 @@ def test_runs_trains_the_named_runs_and_the_table_keeps_earlier_ones(tmp_path: P
         reproduce(spec, folder, 2e-5, extra, only=["mse", "nope"])
 
 
-def _ctrl_c_reaches() -> None:
-    """A process started from a background job inherits SIGINT ignored (and Python then
-    raises no KeyboardInterrupt): give the command the default, as a terminal would."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _nca(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "nca_cli", "reproduce", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_ctrl_c_reaches,
         **kwargs,  # type: ignore[call-overload]
     )
 
