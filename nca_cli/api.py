@@ -181,10 +181,11 @@ def zoo(names: Sequence[str] = (), check: bool = False) -> list[dict[str, Any]]:
 
 
 def _checkpoint(run: Path) -> Path:
-    """The checkpoint of a run folder, or ``run`` itself when it is a checkpoint file."""
+    """The checkpoint of a run folder, or ``run`` itself when it is a checkpoint file
+    (imported here: ``nca --help`` stays free of torch)."""
     from nca_cli.evaluation.runs import find_checkpoint
 
-    return find_checkpoint(checkpoint=run) if run.is_file() else find_checkpoint(run)
+    return find_checkpoint(run)
 
 
 def kfold(

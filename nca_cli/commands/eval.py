@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--run",
         type=Path,
-        metavar="DIR",
-        help="a training run folder (holding last.ckpt); default: the most recent run under "
-        "$NCA_OUTPUT_DIR/train (default outputs/train)",
+        metavar="RUN",
+        help="a training run folder (its last.ckpt), a checkpoint file or zoo:NAME; default: "
+        "the most recent run under $NCA_OUTPUT_DIR/train (default outputs/train)",
     )
     where.add_argument(
         "--checkpoint", type=Path, metavar="FILE", help="a checkpoint file to evaluate instead"
@@ -333,10 +333,7 @@ def _sets(parser: argparse.ArgumentParser, args: argparse.Namespace, overrides: 
     def run() -> None:
         paths = [find_checkpoint(args.run, args.checkpoint)]
         if args.compare is not None:
-            other = args.compare
-            paths.append(
-                find_checkpoint(checkpoint=other) if other.is_file() else find_checkpoint(other)
-            )
+            paths.append(find_checkpoint(args.compare))
         print("evaluating " + " and ".join(str(p) for p in paths), file=sys.stderr)
         evaluate_sets(
             paths,

@@ -31,19 +31,22 @@ def train_root() -> Path:
 
 
 def find_checkpoint(run: Path | None = None, checkpoint: Path | None = None) -> Path:
-    """The checkpoint to evaluate: ``checkpoint``, the one in ``run``, or the most recent
-    run (by its timestamped folder name) under :func:`train_root` that has one. Either
-    may be ``zoo:NAME``, a model of the zoo."""
+    """The checkpoint to evaluate: ``checkpoint``, ``run`` (a run folder, its last.ckpt; or
+    a checkpoint file itself), or the most recent run (by its timestamped folder name)
+    under :func:`train_root` that has one. Either may be ``zoo:NAME``, a model of the
+    zoo."""
     for given in (checkpoint, run):
         if given is not None and is_zoo_name(given):
             return zoo_checkpoint(given)
+    if checkpoint is None and run is not None and run.is_file():
+        checkpoint = run
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise EvalError(f"no checkpoint file at {checkpoint}")
         return checkpoint
     if run is not None:
         if not run.is_dir():
-            raise EvalError(f"{run} is not a run folder (no such directory)")
+            raise EvalError(f"{run} is not a run folder or a checkpoint (no such path)")
         if not (run / CHECKPOINT_NAME).is_file():
             raise EvalError(
                 f"{run} holds no {CHECKPOINT_NAME}: it is not a training run folder, or the "

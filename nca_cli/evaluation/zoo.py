@@ -47,7 +47,7 @@ def add_model(
     figure (``golden.value`` is replaced by what it gives now) and list it."""
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"invalid zoo name {name!r}: use letters, digits and dashes")
-    checkpoint = find_checkpoint(checkpoint=run) if run.is_file() else find_checkpoint(run)
+    checkpoint = find_checkpoint(run)
     payload = load_checkpoint(checkpoint)
     slim = {k: payload[k] for k in KEPT if k in payload}
     folder = models_folder()

@@ -278,6 +278,11 @@ def test_the_most_recent_run_is_the_default(
         (root / "train" / name / "last.ckpt").write_bytes(ckpt)
     (root / "train" / "2026-01-03_10-00-00_000001").mkdir()  # no checkpoint yet
     assert find_checkpoint() == root / "train" / "2026-01-02_10-00-00_000001" / "last.ckpt"
+    # A run is its folder or a checkpoint file itself (iter_<N>.ckpt, a copy elsewhere).
+    copy = root / "kept.ckpt"
+    copy.write_bytes(ckpt)
+    assert find_checkpoint(copy) == copy
+    assert find_checkpoint(trained["run"]) == trained["run"] / "last.ckpt"
 
 
 def test_shortcuts_reach_the_fields_of_a_saved_config() -> None:
