@@ -44,11 +44,12 @@ def build_rows(
     out = []
     for row in spec.rows:
         mine = [r for r in runs if r.run == row.run]
-        values, seconds, undefined = [], 0.0, []
+        values, seconds, undefined, measured = [], 0.0, [], []
         for run in mine:
             figures = measure(row, run)
             if figures is None:
                 continue
+            measured.append(figures)
             if row.metric not in figures:
                 known = ", ".join(k for k, v in figures.items() if isinstance(v, int | float))
                 raise ConfigError(
@@ -76,7 +77,9 @@ def build_rows(
             "iterations": mine[0].iterations if mine else None,
             "recipe_iterations": mine[0].recipe_iterations if mine else None,
             "eval_seconds": seconds,
-            "note": "" if values else "; ".join(undefined) or _why_missing(row, mine),
+            "note": _recovery_basis(row.metric, measured)
+            if values
+            else "; ".join(undefined) or _why_missing(row, mine),
         }
         if spec.original is not None and row.run == spec.original.run:
             entry["original"], entry["original_note"] = _original_value(
@@ -87,6 +90,26 @@ def build_rows(
             )
         out.append(entry)
     return out
+
+
+def _recovery_basis(metric: str, measured: list[dict[str, Any]]) -> str:
+    """For a Recovery% row, the stage figures it comes from (means over seeds), so that a
+    perturbation that hardly moved the metric, which makes Recovery% large and
+    meaningless, shows in the table; "" for other rows."""
+    if not measured or not metric.startswith("recovery_pct"):
+        return ""
+    name = metric.removeprefix("recovery_pct").removeprefix("_")
+    if not name:
+        curve = measured[0].get("curve")
+        name = str(curve.get("metric", "")) if isinstance(curve, dict) else ""
+    keys = [f"{name}_{stage}" for stage in ("stage2", "damaged", "stage3")]
+    if not name or not all(isinstance(f.get(k), int | float) for f in measured for k in keys):
+        return ""
+    before, damaged, after = (statistics.fmean(float(f[k]) for f in measured) for k in keys)
+    return (
+        f"{name} {before:.4g} before, {damaged:.4g} perturbed (moved by "
+        f"{abs(damaged - before):.2g}), {after:.4g} at the end"
+    )
 
 
 def _original_value(

@@ -191,6 +191,9 @@ def test_reproduce_at_a_smoke_size_writes_the_table_with_every_row(
             assert entry["published"] == row.published and f"{row.published:.4g}" in text
         if row.at is None:  # reached: every run finished (Recovery% may be undefined)
             assert entry["ours"] is not None or entry["note"].startswith("undefined"), entry
+        if row.metric.startswith("recovery_pct") and entry["ours"] is not None:
+            # the stage figures behind it, so a perturbation that hardly moved them shows
+            assert " before, " in entry["note"] and "perturbed (moved by" in entry["note"]
     assert (folder / "grid.png").is_file()
     if any(ev.kind == "protocol" for ev in spec.evaluations.values()):
         assert list(folder.glob("protocol_*.png"))
