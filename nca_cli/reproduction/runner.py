@@ -145,11 +145,16 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+# Keys that decide how fast a run goes and how much memory it takes, not what it computes
+# (gradient checkpointing recomputes the same steps): a reproduction may resume with others.
+RESOURCES = ("threads", "trainer.gradient_checkpointing")
+
+
 def _results_shaping(overrides: list[str]) -> dict[str, str]:
     """The values the overrides set, the last one for a repeated key as Hydra applies them:
-    what decides what a run computes. The thread count only decides how fast, so a
-    reproduction may resume on a machine with more or fewer cores."""
-    return {_key(o): o for o in overrides if _key(o) != "threads"}
+    what decides what a run computes (not :data:`RESOURCES`), so a reproduction may resume
+    on a machine with more or fewer cores, or less memory."""
+    return {_key(o): o for o in overrides if _key(o) not in RESOURCES}
 
 
 def save_plan(folder: Path, spec: Reproduction, budget: float, runs: list[PlannedRun]) -> None:
@@ -235,9 +240,30 @@ def train_one(run: PlannedRun, say: Callable[[str], None], processes: Processes)
     start = time.perf_counter()
     with (run.folder / "reproduce.log").open("a") as log:
         code = processes.call([sys.executable, "-m", "nca_cli", "train", *run.overrides], log)
+        if code < 0:  # a signal ended it before it could say why: say it in its log
+            log.write(f"nca reproduce: {killed_by(code)}\n")
     outcome = "done" if code == 0 else f"exit status {code} (see {run.folder}/reproduce.log)"
+    if code < 0:
+        outcome = f"{killed_by(code)} (its log: {run.folder}/reproduce.log)"
     say(f"{run.run} seed {run.seed}: {outcome} after {time.perf_counter() - start:.0f} s")
     return code
+
+
+def killed_by(code: int) -> str:
+    """Why a training process that exited with ``code`` < 0 ended: the signal, and for
+    SIGKILL, which no process can catch, the usual sender and what to change."""
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code != signal.SIGKILL:
+        return f"the training was killed by {name}"
+    return (
+        f"the training was killed by {name}, most often the system's out-of-memory killer "
+        "(`dmesg` says): lower trainer.batch_size or trainer.steps, or trade time for "
+        "memory with trainer.gradient_checkpointing=N (steps per recomputed block; the "
+        "same gradients), then run the reproduction again: it resumes"
+    )
 
 
 def train_all(runs: list[PlannedRun], jobs: int, say: Callable[[str], None]) -> list[int]:

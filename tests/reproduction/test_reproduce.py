@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from nca_cli.config import ConfigError
 from nca_cli.engine.cascade import build_model
 from nca_cli.reproduction import spec as specs
 from nca_cli.reproduction.reproduce import reproduce
-from nca_cli.reproduction.runner import plan, save_plan
+from nca_cli.reproduction.runner import Processes, plan, save_plan, train_one
 from nca_cli.tasks import task_class
 from nca_cli.training.schema import parse_run_config
 
@@ -135,6 +136,9 @@ def test_a_folder_resumes_with_another_thread_count(tmp_path: Path) -> None:
     assert all("threads=2" in run["overrides"] for run in saved["runs"])
     with pytest.raises(ConfigError, match="other overrides"):
         save_plan(tmp_path, spec, 1.0, plan(spec, tmp_path, 1.0, ["threads=2", "lr=0.1"], 1))
+    # less memory (the same steps, recomputed): the folder resumes too
+    lighter = plan(spec, tmp_path, 1.0, ["trainer.gradient_checkpointing=4"], 1)
+    save_plan(tmp_path, spec, 1.0, lighter)
 
 
 def test_a_folder_whose_plan_repeats_a_key_resumes_with_the_value_that_won(
@@ -155,6 +159,31 @@ def test_a_folder_whose_plan_repeats_a_key_resumes_with_the_value_that_won(
     (tmp_path / "plan.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match="other overrides"):
         save_plan(tmp_path, spec, 0.2, runs)
+
+
+def test_a_training_killed_by_sigkill_says_why_in_its_log(tmp_path: Path) -> None:
+    """SIGKILL (the out-of-memory killer's) leaves a training no time to explain itself:
+    the reproduction says it, and what lowers the memory, in the run's log."""
+    extra = ["logger=none", *SMOKE["distill"]]
+    run = plan(specs.load("distill"), tmp_path, 1.0, extra, 1)[0]
+    processes = Processes()
+    said: list[str] = []
+
+    def kill_when_training() -> None:
+        deadline = time.monotonic() + 120
+        while not processes.live and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for p in list(processes.live):
+            p.kill()
+
+    killer = threading.Thread(target=kill_when_training)
+    killer.start()
+    code = train_one(run, said.append, processes)
+    killer.join()
+    assert code == -signal.SIGKILL
+    log = (run.folder / "reproduce.log").read_text()
+    assert "killed by SIGKILL" in log and "trainer.gradient_checkpointing" in log, log
+    assert "out-of-memory" in said[-1] and str(run.folder) in said[-1], said
 
 
 def test_an_override_no_run_reads_is_refused_before_any_training(tmp_path: Path) -> None:
