@@ -124,7 +124,11 @@ class Trainer:
         self.iteration = 0
         self.saved_iteration: int | None = None  # of the checkpoint on disk
         self.writer = CheckpointWriter()
-        self.regen_seconds = 0.0  # spent in regeneration checks in this session
+        # Training time (the loop with its checks and writes) up to the checkpoint it
+        # resumed from, and where this session's began: a resumed run reports its whole cost.
+        self.earlier_seconds = 0.0
+        self.session_start: float | None = None
+        self.regen_seconds = 0.0  # spent in regeneration checks, every session
         self.regen_last: tuple[float, float] | None = None  # the last check's (end, seconds)
         self.regen_skipped = False
         self.wandb_id: str | None = None
@@ -154,6 +158,8 @@ class Trainer:
             "wandb_id": self.wandb_id,
             "history": list(self.history),
             "init": self.init,
+            "seconds": self.training_seconds(),
+            "regen_check_seconds": self.regen_seconds,
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
@@ -176,6 +182,13 @@ class Trainer:
         self.wandb_id = payload.get("wandb_id")
         self.history = list(payload.get("history", []))
         self.init = payload.get("init")
+        self.earlier_seconds = float(payload.get("seconds", 0.0))
+        self.regen_seconds = float(payload.get("regen_check_seconds", 0.0))
+
+    def training_seconds(self) -> float:
+        """The run's training time so far, over all its sessions."""
+        now = time.perf_counter()
+        return self.earlier_seconds + (now - self.session_start if self.session_start else 0.0)
 
     def _device_rng(self) -> dict[str, Any]:
         if self.step_generator is self.generator:
@@ -432,7 +445,7 @@ class Trainer:
                 f"interrupted before iteration {self.iteration + 1}; checkpoint kept. "
                 f"Resume with:\n  nca train resume={self.run_dir}"
             )
-        start = time.perf_counter()
+        self.session_start = time.perf_counter()
         unread: list[StepResult] = []  # steps whose figures are still on the device
         progressing = _progress(progress, t.iterations, self.iteration)
         with self.writer.landing(), progressing as advance:
@@ -490,11 +503,11 @@ class Trainer:
                         f"interrupted at iteration {i}; checkpoint saved. Resume with:\n"
                         f"  nca train resume={self.run_dir}"
                     )
-        elapsed = time.perf_counter() - start
-        return self.finish(logger, elapsed)
+        return self.finish(logger, self.training_seconds())
 
-    def finish(self, logger: RunLogger, elapsed: float) -> dict[str, float]:
-        """Final evaluation, images, GIF and checkpoint artifact."""
+    def finish(self, logger: RunLogger, seconds: float) -> dict[str, float]:
+        """Final evaluation, images, GIF and checkpoint artifact; ``seconds`` of training
+        over every session go to metrics.json."""
         t = self.run.trainer
         metrics = self.evaluate("val") if self.task.has_split("val") else {}
         if self.task.has_split("test"):
@@ -514,7 +527,7 @@ class Trainer:
         logger.artifact(self.run_dir / CHECKPOINT_NAME, f"model-{self.run_dir.name}", "model")
         summary = {
             "iteration": self.iteration,
-            "seconds": elapsed,
+            "seconds": seconds,
             **({"regen_check_seconds": self.regen_seconds} if t.regen_check.enabled else {}),
             **metrics,
         }

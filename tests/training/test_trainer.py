@@ -263,8 +263,12 @@ def test_interrupted_run_resumes_bit_identical(
         train(config, tmp_path / "resumed")
     monkeypatch.undo()
     checkpoint = load_checkpoint(tmp_path / "resumed" / "last.ckpt")
-    assert checkpoint["iteration"] == 3
+    assert checkpoint["iteration"] == 3 and checkpoint["seconds"] > 0
+    checkpoint["seconds"] = 1000.0  # as if the first session had trained for long
     train(config, tmp_path / "resumed", checkpoint)
+    # the run's training time adds this session's to what its checkpoint carried
+    seconds = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["seconds"]
+    assert 1000.0 < seconds < 1600.0
 
     full = load_checkpoint(tmp_path / "full" / "last.ckpt")
     resumed = load_checkpoint(tmp_path / "resumed" / "last.ckpt")
