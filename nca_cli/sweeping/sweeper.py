@@ -630,8 +630,7 @@ class OptunaSweeper(Sweeper):
                 study,
                 trial,
                 f"its SLURM job{f' {job}' if job else ''} ended {state} before it wrote a "
-                f"result (submitit: {value}); running the study again continues it from its "
-                "last checkpoint",
+                f"result (submitit: {value}); {self._continues(trial)}",
             )
             return "failed"
         if state:
@@ -641,14 +640,26 @@ class OptunaSweeper(Sweeper):
                 study,
                 trial,
                 f"its job{f' {job}' if job else ''} reached its time limit "
-                f"(hydra.launcher.timeout_min={limit}; submitit: {value}); running the study "
-                "again continues it from its last checkpoint",
+                f"(hydra.launcher.timeout_min={limit}; submitit: {value}); "
+                f"{self._continues(trial)}",
             )
             return "failed"
         self._fail(study, trial, f"{type(value).__name__}: {value}")
         if isinstance(value, Interrupted):  # Ctrl-C inside an in-process trial
             raise KeyboardInterrupt
         return "failed"
+
+    def _continues(self, trial: optuna.Trial) -> str:
+        """What running the study again does for a trial whose job was ended from outside:
+        continue from its checkpoint, or start afresh when it stopped before its first."""
+        from nca_cli.training.checkpoint import CHECKPOINT_NAME
+
+        if any((self.sweep_dir / str(trial.number)).rglob(CHECKPOINT_NAME)):
+            return "running the study again continues it from its last checkpoint"
+        return (
+            "it stopped before its first checkpoint (trainer.checkpoint_every); running the "
+            "study again starts it afresh"
+        )
 
     def _in_process(self) -> bool:
         """Whether trials run in this process (Hydra's basic launcher), where a trial's
