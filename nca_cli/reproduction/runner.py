@@ -242,9 +242,12 @@ def train_one(run: PlannedRun, say: Callable[[str], None], processes: Processes)
         code = processes.call([sys.executable, "-m", "nca_cli", "train", *run.overrides], log)
         if code < 0:  # a signal ended it before it could say why: say it in its log
             log.write(f"nca reproduce: {killed_by(code)}\n")
-    outcome = "done" if code == 0 else f"exit status {code} (see {run.folder}/reproduce.log)"
-    if code < 0:
+    if code == 0:
+        outcome = "done"
+    elif code < 0:
         outcome = f"{killed_by(code)} (its log: {run.folder}/reproduce.log)"
+    else:
+        outcome = f"exit status {code} (see {run.folder}/reproduce.log)"
     say(f"{run.run} seed {run.seed}: {outcome} after {time.perf_counter() - start:.0f} s")
     return code
 
